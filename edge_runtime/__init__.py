@@ -1,0 +1,1 @@
+"""Device side: inspects frames with numpy, OpenVINO and hnswlib only (never torch)."""

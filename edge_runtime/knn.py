@@ -1,0 +1,134 @@
+"""KNN memory of good-image features, searched with HNSW (hnswlib).
+
+Two variants: `patch` (a PatchCore-style bank of local features: an image severity and a patch distance map)
+and `image` (the paper's one vector per image: a severity only).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import hnswlib
+import numpy as np
+
+MemoryMode = Literal["patch", "image"]
+IMAGE_POOL_SIZE = 16
+
+
+def local_average(stage_map: np.ndarray) -> np.ndarray:
+    """3x3 neighbourhood mean of a CxHxW map, so each patch sees a little context."""
+    padded = np.pad(stage_map, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    height, width = stage_map.shape[1:]
+    total = np.zeros_like(stage_map)
+    for dy in range(3):
+        for dx in range(3):
+            total += padded[:, dy : dy + height, dx : dx + width]
+    return total / 9.0
+
+
+def _resize_channels(stage_map: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    height, width = size
+    resized = cv2.resize(stage_map.transpose(1, 2, 0), (width, height), interpolation=interpolation)
+    return resized.reshape(height, width, -1)
+
+
+def patch_vectors(stage_maps: Sequence[np.ndarray]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Stage maps (CxHxW each, finest first) -> (H*W, sum C) patch vectors on the finest grid, and the grid."""
+    grid = stage_maps[0].shape[1:]
+    columns = [
+        _resize_channels(local_average(stage_map.astype(np.float32)), grid, cv2.INTER_LINEAR)
+        for stage_map in stage_maps
+    ]
+    vectors = np.concatenate(columns, axis=2).reshape(grid[0] * grid[1], -1)
+    return np.ascontiguousarray(vectors, dtype=np.float32), (int(grid[0]), int(grid[1]))
+
+
+def image_vector(stage_maps: Sequence[np.ndarray]) -> np.ndarray:
+    """The paper's image descriptor: each stage pooled to 16x16, flattened and concatenated."""
+    pooled = [
+        _resize_channels(stage_map.astype(np.float32), (IMAGE_POOL_SIZE, IMAGE_POOL_SIZE), cv2.INTER_AREA)
+        for stage_map in stage_maps
+    ]
+    return np.concatenate([p.reshape(-1) for p in pooled])[None, :].astype(np.float32)
+
+
+def describe(
+    mode: MemoryMode, stage_maps: Sequence[np.ndarray], projection: np.ndarray | None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Memory vectors of one image (patch grid or a single image vector), projected if configured."""
+    if mode == "patch":
+        vectors, grid = patch_vectors(stage_maps)
+    else:
+        vectors, grid = image_vector(stage_maps), (1, 1)
+    if projection is not None:
+        vectors = vectors @ projection
+    return np.ascontiguousarray(vectors, dtype=np.float32), grid
+
+
+@dataclass(frozen=True)
+class Severity:
+    distance: float
+    patch_map: np.ndarray | None
+
+
+@dataclass
+class KnnMemory:
+    mode: MemoryMode
+    index: hnswlib.Index
+    projection: np.ndarray | None
+    neighbours: int
+
+    def describe(self, stage_maps: Sequence[np.ndarray]) -> tuple[np.ndarray, tuple[int, int]]:
+        """The vectors stored in (and queried against) this memory for one image."""
+        return describe(self.mode, stage_maps, self.projection)
+
+    def severity(self, stage_maps: Sequence[np.ndarray]) -> Severity:
+        vectors, grid = self.describe(stage_maps)
+        _, squared = self.index.knn_query(vectors, k=self.neighbours, num_threads=1)
+        distances = np.sqrt(np.maximum(squared, 0.0)).mean(axis=1)
+        if self.mode == "image":
+            return Severity(distance=float(distances[0]), patch_map=None)
+        patch_map = distances.reshape(grid).astype(np.float32)
+        return Severity(distance=float(patch_map.max()), patch_map=patch_map)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.index.save_index(str(folder / "memory.hnsw"))
+        if self.projection is not None:
+            np.save(folder / "projection.npy", self.projection)
+        meta = {
+            "mode": self.mode,
+            "dim": self.index.dim,
+            "count": self.index.get_current_count(),
+            "neighbours": self.neighbours,
+            "ef": self.index.ef,
+        }
+        (folder / "memory.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> KnnMemory:
+        meta_path = folder / "memory.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"KNN memory description missing: {meta_path}")
+        meta = json.loads(meta_path.read_text())
+        index = hnswlib.Index(space="l2", dim=int(meta["dim"]))
+        index.load_index(str(folder / "memory.hnsw"), max_elements=int(meta["count"]))
+        index.set_ef(int(meta["ef"]))
+        projection_path = folder / "projection.npy"
+        projection = np.load(projection_path) if projection_path.is_file() else None
+        return cls(mode=meta["mode"], index=index, projection=projection, neighbours=int(meta["neighbours"]))
+
+
+def build_index(vectors: np.ndarray, ef: int = 32, connections: int = 16, seed: int = 0) -> hnswlib.Index:
+    """An HNSW index (L2) over the given vectors."""
+    count, dim = vectors.shape
+    index = hnswlib.Index(space="l2", dim=dim)
+    index.init_index(max_elements=count, ef_construction=max(100, ef), M=connections, random_seed=seed)
+    index.add_items(np.ascontiguousarray(vectors, dtype=np.float32), np.arange(count))
+    index.set_ef(ef)
+    return index

@@ -1,0 +1,44 @@
+"""Typed inspection settings: how an image is healed and scored. Shared by host evaluation and device."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MapWeights(StrictModel):
+    latent: float = Field(0.85, ge=0.0)
+    feature: float = Field(0.15, ge=0.0)
+    knn: float = Field(1.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _some_map_used(self) -> MapWeights:
+        if self.latent + self.feature + self.knn <= 0.0:
+            raise ValueError("at least one of latent, feature, knn must have a positive weight")
+        return self
+
+    @property
+    def needs_healing(self) -> bool:
+        return self.latent > 0.0 or self.feature > 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"latent": self.latent, "feature": self.feature, "knn": self.knn}
+
+
+class InspectionSettings(StrictModel):
+    t_max: int = Field(80, ge=10, le=999, description="largest noise timestep (of 1000) the severity can pick")
+    dynamic_noise: bool = Field(True, description="pick the noise timestep per image from the KNN severity")
+    fixed_timestep: int = Field(60, ge=0, le=999, description="noise timestep when dynamic_noise is off")
+    denoise_steps: int = Field(2, ge=0, le=50, description="denoiser calls per image")
+    add_noise: bool = Field(False, description="add Gaussian noise instead of noiseless input scaling")
+    condition_weight: float = Field(4.0, ge=0.0, description="DDAD conditioning weight w")
+    use_adapted_backbone: bool = Field(True, description="compare features with the domain-adapted backbone")
+    map_weights: MapWeights = MapWeights()
+    blur_sigma: float = Field(4.0, ge=0.0)
+    severity_bins: int = Field(10, ge=2, le=100)
+    noise_seed: int = 0

@@ -1,0 +1,1 @@
+"""Turns a trained run into the signed, versioned model bundle that devices install."""

@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+from edge_runtime.anomaly_map import MapStats, cosine_distance_map, feature_map, fuse_maps, latent_map
+
+
+def test_cosine_distance_is_zero_for_identical_and_two_for_opposite():
+    features = np.random.default_rng(0).standard_normal((8, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(cosine_distance_map(features, features), 0.0, atol=1e-6)
+    np.testing.assert_allclose(cosine_distance_map(features, -features), 2.0, atol=1e-6)
+
+
+def test_latent_map_is_mean_abs_difference_upsampled():
+    latent = np.zeros((4, 2, 2), dtype=np.float32)
+    healed = np.full((4, 2, 2), 0.5, dtype=np.float32)
+    result = latent_map(latent, healed, (16, 16))
+    assert result.shape == (16, 16)
+    np.testing.assert_allclose(result, 0.5, atol=1e-6)
+
+
+def test_feature_map_sums_stages():
+    first = [np.ones((3, 4, 4), np.float32), np.ones((3, 2, 2), np.float32)]
+    second = [-np.ones((3, 4, 4), np.float32), np.ones((3, 2, 2), np.float32)]
+    np.testing.assert_allclose(feature_map(first, second, (8, 8)), 2.0, atol=1e-6)
+
+
+def test_map_stats_normalise_median_to_zero_and_quantile_to_one():
+    values = np.arange(101, dtype=np.float32)
+    stats = MapStats.fit(values, quantile=0.99)
+    assert stats.normalise(np.float32(50.0)) == pytest.approx(0.0)
+    assert stats.normalise(np.float32(99.0)) == pytest.approx(1.0)
+
+
+def test_fuse_weights_normalised_maps():
+    maps = {"latent": np.full((4, 4), 3.0), "feature": np.full((4, 4), 5.0), "knn": np.full((4, 4), 100.0)}
+    stats = {"latent": MapStats(1.0, 2.0), "feature": MapStats(1.0, 4.0), "knn": MapStats(0.0, 1.0)}
+    fused = fuse_maps(maps, stats, {"latent": 0.85, "feature": 0.15, "knn": 0.0}, blur_sigma=0)
+    np.testing.assert_allclose(fused, 0.85 * 1.0 + 0.15 * 1.0)
+    with pytest.raises(ValueError, match="at least one map weight"):
+        fuse_maps(maps, stats, {"latent": 0.0, "feature": 0.0, "knn": 0.0}, blur_sigma=0)

@@ -1,0 +1,34 @@
+import numpy as np
+
+from edge_runtime.knn import KnnMemory, build_index, image_vector, patch_vectors
+
+
+def test_hnsw_finds_true_nearest_neighbours():
+    rng = np.random.default_rng(0)
+    bank = rng.standard_normal((2000, 16)).astype(np.float32)
+    queries = rng.standard_normal((50, 16)).astype(np.float32)
+    memory = KnnMemory(mode="patch", index=build_index(bank, ef=64), projection=None, neighbours=1)
+    _, squared = memory.index.knn_query(queries, k=1)
+    brute = np.sqrt(((queries[:, None, :] - bank[None]) ** 2).sum(-1)).min(axis=1)
+    np.testing.assert_allclose(np.sqrt(squared[:, 0]), brute, rtol=1e-4)
+
+
+def test_patch_severity_map_and_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    stages = [rng.standard_normal((6, 8, 8)).astype(np.float32), rng.standard_normal((10, 4, 4)).astype(np.float32)]
+    vectors, grid = patch_vectors(stages)
+    assert vectors.shape == (64, 16) and grid == (8, 8)
+    projection = rng.standard_normal((16, 8)).astype(np.float32)
+    memory = KnnMemory("patch", build_index(vectors @ projection), projection, neighbours=1)
+    severity = memory.severity(stages)
+    assert severity.patch_map.shape == (8, 8)
+    np.testing.assert_allclose(severity.patch_map, 0.0, atol=1e-3)  # the image is its own memory
+    memory.save(tmp_path)
+    loaded = KnnMemory.load(tmp_path)
+    shifted = [s + 1.0 for s in stages]
+    assert loaded.severity(shifted).distance == memory.severity(shifted).distance > 0.1
+
+
+def test_image_vector_pools_each_stage_to_16x16():
+    stages = [np.ones((3, 32, 32), np.float32), np.ones((5, 16, 16), np.float32)]
+    assert image_vector(stages).shape == (1, (3 + 5) * 16 * 16)

@@ -1,0 +1,25 @@
+import cv2
+import numpy as np
+import torch
+from skimage import data
+
+from train_host.backbone import Backbone, imagenet_classifier
+
+IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def test_pretrained_weights_classify_chelsea_as_a_cat():
+    photo = cv2.resize(data.chelsea(), (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32)
+    image = torch.from_numpy((photo - 127.0) / 128.0).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        probabilities = imagenet_classifier()(image).softmax(dim=1)[0]
+    top = int(probabilities.argmax())
+    assert top in IMAGENET_CATS, f"top class {top}"
+    assert float(probabilities[list(IMAGENET_CATS)].sum()) > 0.5
+
+
+def test_stage_outputs_have_expected_strides_and_widths():
+    backbone = Backbone([1, 2, 4], (64, 96)).eval()
+    with torch.inference_mode():
+        stages = backbone(torch.zeros(2, 1, 64, 96))
+    assert [tuple(s.shape) for s in stages] == [(2, 24, 16, 24), (2, 40, 8, 12), (2, 112, 4, 6)]

@@ -1,0 +1,64 @@
+"""Command line: `python -m train_host train|evaluate ...`."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from train_host.config import ConfigError, load_config
+from train_host.dataset import DatasetError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m train_host", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="learn good parts from train/good of a dataset")
+    train.add_argument("--config", type=Path, required=True, help="YAML training config")
+    train.add_argument("--out", type=Path, required=True, help="run folder to create or resume")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument("--fresh", action="store_true", help="delete an existing run folder first")
+    train.add_argument("--no-evaluate", action="store_true", help="skip the evaluation after training")
+    evaluate = commands.add_parser("evaluate", help="evaluate a run on the labelled test images")
+    evaluate.add_argument("--run", type=Path, required=True)
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="inspection.KEY=VALUE")
+    evaluate.add_argument("--tag", default=None, help="name of the evaluation (folder under RUN/eval)")
+    evaluate.add_argument("--max-per-type", type=int, default=None, help="cap test images per defect type")
+    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    return parser
+
+
+def _evaluate(run: Path, overrides: list[str], tag: str | None, max_per_type: int | None, device: str | None) -> None:
+    from train_host.evaluation import evaluate
+    from train_host.report import metrics_table, write_report
+
+    name = tag or "default"
+    report = evaluate(run, overrides, name, max_per_type, device)
+    path = write_report(report, run / "eval" / name)
+    print(metrics_table(report))
+    print(f"report: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            from train_host.training import train
+
+            config = load_config(args.config, args.overrides)
+            if args.fresh and args.out.exists():
+                shutil.rmtree(args.out)
+            train(config, args.out)
+            if not args.no_evaluate:
+                _evaluate(args.out, [], None, None, None)
+        else:
+            _evaluate(args.run, args.overrides, args.tag, args.max_per_type, args.device)
+    except (ConfigError, DatasetError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Typed, strict training configuration loaded from YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from edge_runtime.preprocess import ColorMode
+from edge_runtime.settings import InspectionSettings, StrictModel
+
+BACKBONE_STAGE_COUNT = 7  # EfficientNet-Lite0 has seven block stages, strides 2,4,8,16,16,32,32
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and key."""
+
+
+class DataConfig(StrictModel):
+    root: Path
+    image_size: tuple[int, int] = Field((256, 256), description="(height, width), multiples of 32")
+    color: ColorMode = "gray"
+    holdout_fraction: float = Field(0.15, gt=0.0, lt=0.9, description="train/good slice kept for calibration")
+    max_train_images: int | None = Field(None, ge=4)
+    max_test_images_per_type: int | None = Field(None, ge=1)
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_32(cls, size: tuple[int, int]) -> tuple[int, int]:
+        if any(side < 32 or side % 32 for side in size):
+            raise ValueError(f"both sides must be multiples of 32 (and >= 32), got {list(size)}")
+        return size
+
+
+class BackboneConfig(StrictModel):
+    knn_stages: list[int] = Field([2, 4], min_length=1, description="stages feeding the KNN memory")
+    map_stages: list[int] = Field([1, 2, 4], min_length=1, description="stages compared input vs healed")
+
+    @field_validator("knn_stages", "map_stages")
+    @classmethod
+    def _valid_stages(cls, stages: list[int]) -> list[int]:
+        bad = [s for s in stages if not 0 <= s < BACKBONE_STAGE_COUNT]
+        if bad:
+            raise ValueError(f"stages must be in 0..{BACKBONE_STAGE_COUNT - 1}, got {bad}")
+        return sorted(set(stages))
+
+
+class AutoencoderConfig(StrictModel):
+    channels: list[int] = Field([8, 16, 32, 64], min_length=4, max_length=4)
+    latent_channels: int = Field(4, ge=1)
+    iterations: int = Field(1500, ge=1)
+    batch_size: int = Field(16, ge=1)
+    crop_size: int = Field(128, ge=32, description="random square crops for training (fully convolutional)")
+    learning_rate: float = Field(1e-3, gt=0)
+
+
+class UNetConfig(StrictModel):
+    base_channels: int = Field(32, ge=8)
+    channel_multipliers: list[int] = Field([1, 2, 4], min_length=1)
+    attention_levels: list[int] = Field([2], description="levels (0 = finest) with self-attention")
+    iterations: int = Field(2500, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    max_train_timestep: int = Field(
+        200, ge=1, le=1000, description="train on t < this; inspection never goes past inspection.t_max"
+    )
+
+
+class ScheduleConfig(StrictModel):
+    num_timesteps: int = Field(1000, ge=10)
+    beta_start: float = Field(0.0015, gt=0)
+    beta_end: float = Field(0.0195, gt=0)
+
+
+class AdaptationConfig(StrictModel):
+    enabled: bool = True
+    iterations: int = Field(80, ge=1)
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    distill_weight: float = Field(1.0, ge=0, description="pull towards the frozen ImageNet copy (anti-collapse)")
+
+
+class MemoryConfig(StrictModel):
+    mode: Literal["patch", "image"] = "patch"
+    coreset_size: int = Field(8000, ge=1, description="patch vectors kept by greedy coreset selection")
+    coreset_pool: int = Field(200_000, ge=1, description="patch vectors sampled before coreset selection")
+    projection_dim: int | None = Field(128, ge=8, description="random projection of features; null keeps all")
+    neighbours: int | None = Field(None, ge=1, description="k; default 1 for patch, 20 for image (paper)")
+    ef: int = Field(32, ge=1)
+    connections: int = Field(16, ge=4)
+
+    @property
+    def k(self) -> int:
+        if self.neighbours is not None:
+            return self.neighbours
+        return 1 if self.mode == "patch" else 20
+
+
+class CalibrationConfig(StrictModel):
+    image_false_alarm_rate: float = Field(0.02, gt=0, lt=1, description="target rate on good held-out images")
+    pixel_quantile: float = Field(0.999, gt=0.5, lt=1)
+    map_scale_quantile: float = Field(0.99, gt=0.5, lt=1)
+
+
+class TrainConfig(StrictModel):
+    data: DataConfig
+    backbone: BackboneConfig = BackboneConfig()
+    autoencoder: AutoencoderConfig = AutoencoderConfig()
+    unet: UNetConfig = UNetConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    adaptation: AdaptationConfig = AdaptationConfig()
+    memory: MemoryConfig = MemoryConfig()
+    inspection: InspectionSettings = InspectionSettings()
+    calibration: CalibrationConfig = CalibrationConfig()
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; null = all cores")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.inspection.map_weights.knn > 0 and self.memory.mode != "patch":
+            raise ValueError("inspection.map_weights.knn > 0 needs memory.mode 'patch'")
+        if self.inspection.t_max >= self.schedule.num_timesteps:
+            raise ValueError("inspection.t_max must be below schedule.num_timesteps")
+        return self
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `dotted.key=yaml_value` overrides to a raw config mapping (a copy)."""
+    result = yaml.safe_load(yaml.safe_dump(raw)) or {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return result
+
+
+def describe_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        value = problem.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {key}: {problem['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: Any, source: str, overrides: list[str] | None = None) -> TrainConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, source)) from None
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> TrainConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return parse_config(raw, str(path), overrides)
+
+
+def config_to_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,184 @@
+"""Evaluation of a run on labelled test images, through the device's numpy inspection pipeline."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.calibration import Calibration
+from edge_runtime.overlay import heatmap_overlay
+from edge_runtime.pipeline import InspectionPipeline
+from edge_runtime.preprocess import to_uint8_image
+from train_host import metrics
+from train_host.calibrate import fit_calibration
+from train_host.config import ConfigError, TrainConfig, parse_config
+from train_host.dataset import GOOD, TestSample, list_test_samples, load_test_item
+from train_host.run_store import TrainedRun, build_pipeline, load_run
+from train_host.torch_setup import pick_device, progress, seed_everything
+
+RECALIBRATED_SECTIONS = ("inspection", "calibration")
+PICTURES_PER_TYPE = 2
+
+
+@dataclass(frozen=True)
+class TypeMetrics:
+    defect_type: str
+    defect_images: int
+    good_images: int
+    image_auroc: float
+    pixel_auroc: float
+    aupro: float
+    f1: metrics.F1Result
+
+
+@dataclass(frozen=True)
+class SamplePicture:
+    name: str
+    defect_type: str
+    score: float
+    input_image: np.ndarray
+    healed_image: np.ndarray | None
+    overlay: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass
+class EvaluationReport:
+    run: str
+    tag: str
+    overrides: list[str]
+    image_threshold: float
+    mean_inspection_ms: float
+    overall: TypeMetrics
+    per_type: list[TypeMetrics]
+    roc: metrics.RocCurve
+    pictures: list[SamplePicture] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "run": self.run,
+            "tag": self.tag,
+            "overrides": self.overrides,
+            "image_threshold": self.image_threshold,
+            "mean_inspection_ms": self.mean_inspection_ms,
+            "overall": asdict(self.overall),
+            "per_type": [asdict(m) for m in self.per_type],
+        }
+
+
+def config_with_overrides(run: TrainedRun, overrides: list[str]) -> TrainConfig:
+    """The run's config with inspection/calibration overrides; other sections would need retraining."""
+    raw = run.config.model_dump(mode="json")
+    config = parse_config(raw, f"{run.paths.config} + overrides", overrides)
+    for section in raw:
+        if section not in RECALIBRATED_SECTIONS and getattr(config, section) != getattr(run.config, section):
+            raise ConfigError(f"evaluate can only override {', '.join(RECALIBRATED_SECTIONS)}; '{section}' changed")
+    return config
+
+
+def calibration_for(run: TrainedRun, config: TrainConfig, pipeline: InspectionPipeline) -> Calibration:
+    unchanged = all(getattr(config, s) == getattr(run.config, s) for s in RECALIBRATED_SECTIONS)
+    if unchanged and run.calibration is not None:
+        return run.calibration
+    print("inspection settings differ from training: recalibrating on the held-out good images")
+    return fit_calibration(pipeline, run.holdout_images(), config.calibration)
+
+
+def select_samples(samples: list[TestSample], max_per_type: int | None) -> list[TestSample]:
+    if max_per_type is None:
+        return samples
+    kept: dict[str, int] = {}
+    selected = []
+    for sample in samples:
+        if kept.get(sample.defect_type, 0) < max_per_type:
+            kept[sample.defect_type] = kept.get(sample.defect_type, 0) + 1
+            selected.append(sample)
+    return selected
+
+
+def metrics_for(
+    name: str,
+    chosen: np.ndarray,
+    scores: np.ndarray,
+    maps: np.ndarray,
+    masks: np.ndarray,
+    labels: np.ndarray,
+    threshold: float,
+) -> TypeMetrics:
+    """Metrics over the chosen images (one defect type plus all good images, or everything)."""
+    return TypeMetrics(
+        defect_type=name,
+        defect_images=int(labels[chosen].sum()),
+        good_images=int((~labels[chosen]).sum()),
+        image_auroc=metrics.auroc(scores[chosen], labels[chosen]),
+        pixel_auroc=metrics.pixel_auroc(maps[chosen], masks[chosen]),
+        aupro=metrics.aupro(maps[chosen], masks[chosen]),
+        f1=metrics.f1_at_threshold(scores[chosen], labels[chosen], threshold),
+    )
+
+
+def evaluate(
+    run_dir: Path, overrides: list[str], tag: str, max_per_type: int | None = None, device: str | None = None
+) -> EvaluationReport:
+    run = load_run(run_dir)
+    config = config_with_overrides(run, overrides)
+    seed_everything(config.seed, config.threads)
+    pipeline = build_pipeline(run, config.inspection, pick_device(device or config.device))
+    calibration = calibration_for(run, config, pipeline)
+    samples = select_samples(list_test_samples(config.data.root), max_per_type or config.data.max_test_images_per_type)
+    types = [s.defect_type for s in samples]
+    scores, maps, masks, pictures, milliseconds = [], [], [], [], []
+    pictured: dict[str, int] = {}
+    for sample in progress(samples, f"evaluate {tag}"):
+        image, mask = load_test_item(sample, config.data.image_size, config.data.color)
+        result = pipeline.inspect(image, calibration)
+        scores.append(result.score)
+        maps.append(result.anomaly_map.astype(np.float32))
+        masks.append(mask)
+        milliseconds.append(result.timings_ms["total"])
+        if pictured.get(sample.defect_type, 0) < PICTURES_PER_TYPE:
+            pictured[sample.defect_type] = pictured.get(sample.defect_type, 0) + 1
+            picture_input = to_uint8_image(image)
+            pictures.append(
+                SamplePicture(
+                    name=sample.path.stem,
+                    defect_type=sample.defect_type,
+                    score=result.score,
+                    input_image=picture_input,
+                    healed_image=None if result.healed_image is None else to_uint8_image(result.healed_image),
+                    overlay=heatmap_overlay(
+                        picture_input, result.anomaly_map, calibration.pixel_threshold, result.regions
+                    ),
+                    mask=mask,
+                )
+            )
+    score_array, map_array, mask_array = np.array(scores), np.stack(maps), np.stack(masks)
+    labels = np.array([t != GOOD for t in types])
+    threshold = calibration.image_threshold
+    everything = np.ones(len(samples), dtype=bool)
+    type_array = np.array(types)
+    per_type = [
+        metrics_for(t, ~labels | (type_array == t), score_array, map_array, mask_array, labels, threshold)
+        for t in sorted(set(types) - {GOOD})
+    ]
+    return EvaluationReport(
+        run=str(run_dir),
+        tag=tag,
+        overrides=overrides,
+        image_threshold=threshold,
+        mean_inspection_ms=float(np.mean(milliseconds)),
+        overall=metrics_for("all", everything, score_array, map_array, mask_array, labels, threshold),
+        per_type=per_type,
+        roc=metrics.roc_curve(score_array, labels),
+        pictures=pictures,
+    )
+
+
+def save_report_json(report: EvaluationReport, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "metrics.json"
+    path.write_text(json.dumps(report.to_dict(), indent=2))
+    return path

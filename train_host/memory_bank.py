@@ -1,0 +1,65 @@
+"""Building the KNN memory from good images: features, random projection, greedy coreset, HNSW index."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edge_runtime.knn import KnnMemory, build_index, describe
+from train_host.backbone import Backbone
+from train_host.config import MemoryConfig
+from train_host.torch_setup import progress
+
+
+@torch.inference_mode()
+def stage_maps_of(backbone: Backbone, images: np.ndarray, device: torch.device, batch_size: int = 16):
+    """Yields each image's stage maps as numpy arrays (CxHxW each, finest first)."""
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(images[start : start + batch_size]).to(device)
+        stages = [stage.cpu().numpy() for stage in backbone(batch)]
+        for i in range(len(batch)):
+            yield [stage[i] for stage in stages]
+
+
+def random_projection(input_dim: int, output_dim: int | None, seed: int) -> np.ndarray | None:
+    """A scaled Gaussian projection, which keeps distances roughly intact (Johnson-Lindenstrauss)."""
+    if output_dim is None or output_dim >= input_dim:
+        return None
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((input_dim, output_dim)) / np.sqrt(output_dim)).astype(np.float32)
+
+
+def greedy_coreset(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Indices of a k-center greedy subset: each pick is the vector farthest from those already picked."""
+    count = len(vectors)
+    if size >= count:
+        return np.arange(count)
+    data = torch.from_numpy(vectors)
+    squared_norms = (data * data).sum(dim=1)
+    first = int(np.random.default_rng(seed).integers(count))
+    selected = [first]
+    # Squared distance via |a|^2 - 2 a.b + |b|^2: one matrix-vector product per pick.
+    nearest = squared_norms - 2 * data @ data[first] + squared_norms[first]
+    for _ in progress(range(size - 1), "coreset"):
+        pick = int(torch.argmax(nearest))
+        selected.append(pick)
+        nearest = torch.minimum(nearest, squared_norms - 2 * data @ data[pick] + squared_norms[pick])
+    return np.asarray(selected)
+
+
+def build_memory(
+    backbone: Backbone, images: np.ndarray, config: MemoryConfig, device: torch.device, seed: int
+) -> KnnMemory:
+    rng = np.random.default_rng(seed)
+    per_image = [describe(config.mode, maps, None)[0] for maps in stage_maps_of(backbone, images, device)]
+    projection = random_projection(per_image[0].shape[1], config.projection_dim, seed)
+    vectors = np.concatenate(per_image)
+    if config.mode == "patch" and len(vectors) > config.coreset_pool:
+        vectors = vectors[rng.choice(len(vectors), config.coreset_pool, replace=False)]
+    if projection is not None:
+        vectors = vectors @ projection
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if config.mode == "patch":
+        vectors = vectors[greedy_coreset(vectors, config.coreset_size, seed)]
+    index = build_index(vectors, ef=max(config.ef, config.k), connections=config.connections, seed=seed)
+    return KnnMemory(mode=config.mode, index=index, projection=projection, neighbours=config.k)
