@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import cv2
@@ -61,6 +62,20 @@ def preprocess(frame: np.ndarray, size: tuple[int, int], color: ColorMode) -> np
         resized = cv2.resize(frame, (width, height), interpolation=interpolation)
         frame = resized.reshape(height, width, -1)
     return (frame.astype(np.float32).transpose(2, 0, 1) / 127.5) - 1.0
+
+
+def read_image_file(path: Path) -> np.ndarray:
+    """HxW (gray) or HxWx3 (RGB) uint8, as stored; 16-bit images are scaled to 8 bits."""
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise FrameError(f"cannot read image {path} (missing, corrupt or not an image)")
+    if image.dtype == np.uint16:
+        image = (image // 257).astype(np.uint8)
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    elif image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
 
 
 def to_uint8_image(image: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from edge_runtime.bundle import BundleError
 from train_host.config import ConfigError, load_config
 from train_host.dataset import DatasetError
 
@@ -21,7 +22,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--fresh", action="store_true", help="delete an existing run folder first")
     train.add_argument("--no-evaluate", action="store_true", help="skip the evaluation after training")
     evaluate = commands.add_parser("evaluate", help="evaluate a run on the labelled test images")
-    evaluate.add_argument("--run", type=Path, required=True)
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="a training run (torch networks)")
+    source.add_argument("--bundle", type=Path, help="a signed bundle (OpenVINO networks, as on the device)")
+    evaluate.add_argument("--trusted-key", type=Path, action="append", default=[], help="public key (with --bundle)")
+    evaluate.add_argument("--data", type=Path, help="dataset root (with --bundle)")
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="inspection.KEY=VALUE")
     evaluate.add_argument("--tag", default=None, help="name of the evaluation (folder under RUN/eval)")
     evaluate.add_argument("--max-per-type", type=int, default=None, help="cap test images per defect type")
@@ -40,6 +45,21 @@ def _evaluate(run: Path, overrides: list[str], tag: str | None, max_per_type: in
     print(f"report: {path}")
 
 
+def _evaluate_bundle(args: argparse.Namespace) -> None:
+    from train_host.evaluation import evaluate_bundle
+    from train_host.report import metrics_table, write_report
+
+    if args.data is None or not args.trusted_key:
+        raise ConfigError("--bundle needs --data DATASET_ROOT and at least one --trusted-key PUBLIC_KEY")
+    if args.overrides:
+        raise ConfigError("--set cannot be used with --bundle: a bundle's settings are fixed when it is signed")
+    name = args.tag or args.bundle.stem
+    report = evaluate_bundle(args.bundle, args.trusted_key, args.data, name, args.max_per_type)
+    path = write_report(report, args.bundle.parent / f"{args.bundle.stem}-eval" / name)
+    print(metrics_table(report))
+    print(f"report: {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -52,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             train(config, args.out)
             if not args.no_evaluate:
                 _evaluate(args.out, [], None, None, None)
+        elif args.bundle is not None:
+            _evaluate_bundle(args)
         else:
             _evaluate(args.run, args.overrides, args.tag, args.max_per_type, args.device)
-    except (ConfigError, DatasetError, FileNotFoundError) as error:
+    except (ConfigError, DatasetError, BundleError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_runtime.preprocess import ColorMode, preprocess
+from edge_runtime.preprocess import ColorMode, FrameError, preprocess, read_image_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 GOOD = "good"
@@ -66,16 +66,10 @@ def list_test_samples(root: Path) -> list[TestSample]:
 
 def read_image(path: Path) -> np.ndarray:
     """HxW (gray) or HxWx3 (RGB) uint8, as stored."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise DatasetError(f"cannot read image {path} (corrupt or not an image)")
-    if image.dtype == np.uint16:
-        image = (image // 257).astype(np.uint8)
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    elif image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image
+    try:
+        return read_image_file(path)
+    except FrameError as error:
+        raise DatasetError(str(error)) from None
 
 
 def load_image(path: Path, size: tuple[int, int], color: ColorMode) -> np.ndarray:

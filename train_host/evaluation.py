@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.bundle import install_bundle, load_trusted_keys
 from edge_runtime.calibration import Calibration
+from edge_runtime.inspector import Inspector
 from edge_runtime.overlay import heatmap_overlay
 from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.preprocess import to_uint8_image
+from edge_runtime.results import InspectionResult
 from train_host import metrics
 from train_host.calibrate import fit_calibration
-from train_host.config import ConfigError, TrainConfig, parse_config
+from train_host.config import ConfigError, DataConfig, TrainConfig, parse_config
 from train_host.dataset import GOOD, TestSample, list_test_samples, load_test_item
 from train_host.run_store import TrainedRun, build_pipeline, load_run
 from train_host.torch_setup import pick_device, progress, seed_everything
@@ -123,17 +127,31 @@ def metrics_for(
 def evaluate(
     run_dir: Path, overrides: list[str], tag: str, max_per_type: int | None = None, device: str | None = None
 ) -> EvaluationReport:
+    """Evaluate a training run, its torch networks driving the device pipeline."""
     run = load_run(run_dir)
     config = config_with_overrides(run, overrides)
     seed_everything(config.seed, config.threads)
     pipeline = build_pipeline(run, config.inspection, pick_device(device or config.device))
     calibration = calibration_for(run, config, pipeline)
     samples = select_samples(list_test_samples(config.data.root), max_per_type or config.data.max_test_images_per_type)
+    return inspect_test_set(pipeline, calibration, samples, config.data, str(run_dir), tag, overrides)
+
+
+def inspect_test_set(
+    pipeline: InspectionPipeline,
+    calibration: Calibration,
+    samples: list[TestSample],
+    data: DataConfig,
+    source: str,
+    tag: str,
+    overrides: list[str] | None = None,
+) -> EvaluationReport:
+    """Inspect every sample and compute the metrics, per defect type and overall."""
     types = [s.defect_type for s in samples]
     scores, maps, masks, pictures, milliseconds = [], [], [], [], []
     pictured: dict[str, int] = {}
     for sample in progress(samples, f"evaluate {tag}"):
-        image, mask = load_test_item(sample, config.data.image_size, config.data.color)
+        image, mask = load_test_item(sample, data.image_size, data.color)
         result = pipeline.inspect(image, calibration)
         scores.append(result.score)
         maps.append(result.anomaly_map.astype(np.float32))
@@ -141,33 +159,20 @@ def evaluate(
         milliseconds.append(result.timings_ms["total"])
         if pictured.get(sample.defect_type, 0) < PICTURES_PER_TYPE:
             pictured[sample.defect_type] = pictured.get(sample.defect_type, 0) + 1
-            picture_input = to_uint8_image(image)
-            pictures.append(
-                SamplePicture(
-                    name=sample.path.stem,
-                    defect_type=sample.defect_type,
-                    score=result.score,
-                    input_image=picture_input,
-                    healed_image=None if result.healed_image is None else to_uint8_image(result.healed_image),
-                    overlay=heatmap_overlay(
-                        picture_input, result.anomaly_map, calibration.pixel_threshold, result.regions
-                    ),
-                    mask=mask,
-                )
-            )
+            pictures.append(sample_picture(sample, image, mask, result, calibration.pixel_threshold))
     score_array, map_array, mask_array = np.array(scores), np.stack(maps), np.stack(masks)
     labels = np.array([t != GOOD for t in types])
     threshold = calibration.image_threshold
-    everything = np.ones(len(samples), dtype=bool)
     type_array = np.array(types)
     per_type = [
         metrics_for(t, ~labels | (type_array == t), score_array, map_array, mask_array, labels, threshold)
         for t in sorted(set(types) - {GOOD})
     ]
+    everything = np.ones(len(samples), dtype=bool)
     return EvaluationReport(
-        run=str(run_dir),
+        run=source,
         tag=tag,
-        overrides=overrides,
+        overrides=overrides or [],
         image_threshold=threshold,
         mean_inspection_ms=float(np.mean(milliseconds)),
         overall=metrics_for("all", everything, score_array, map_array, mask_array, labels, threshold),
@@ -177,8 +182,39 @@ def evaluate(
     )
 
 
+def sample_picture(
+    sample: TestSample, image: np.ndarray, mask: np.ndarray, result: InspectionResult, pixel_threshold: float
+) -> SamplePicture:
+    picture_input = to_uint8_image(image)
+    return SamplePicture(
+        name=sample.path.stem,
+        defect_type=sample.defect_type,
+        score=result.score,
+        input_image=picture_input,
+        healed_image=None if result.healed_image is None else to_uint8_image(result.healed_image),
+        overlay=heatmap_overlay(picture_input, result.anomaly_map, pixel_threshold, result.regions),
+        mask=mask,
+    )
+
+
 def save_report_json(report: EvaluationReport, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "metrics.json"
     path.write_text(json.dumps(report.to_dict(), indent=2))
     return path
+
+
+def evaluate_bundle(
+    archive: Path, trusted_keys: list[Path], data_root: Path, tag: str, max_per_type: int | None = None
+) -> EvaluationReport:
+    """Evaluate a signed bundle exactly as a device runs it: verified, installed, OpenVINO networks."""
+    with tempfile.TemporaryDirectory(prefix="bundle-eval-") as temporary:
+        slot = Path(temporary) / "slot"
+        install_bundle(archive, load_trusted_keys(trusted_keys), slot)
+        inspector = Inspector.from_slot(slot)
+        manifest = inspector.manifest
+        data = DataConfig(
+            root=data_root, image_size=(manifest.input.height, manifest.input.width), color=manifest.input.color
+        )
+        samples = select_samples(list_test_samples(data_root), max_per_type)
+        return inspect_test_set(inspector.pipeline, inspector.calibration, samples, data, str(archive), tag)

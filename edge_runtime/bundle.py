@@ -1,0 +1,327 @@
+"""Device side of the model bundle: verify a signed archive without extracting it, then install it atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from edge_runtime.bundle_errors import BundleError, KeyFileError
+from edge_runtime.manifest import MANIFEST_NAME, RESERVED_NAMES, SIGNATURE_NAME, Manifest, path_problem
+
+__all__ = [
+    "BundleError",
+    "KeyFileError",
+    "VerifiedBundle",
+    "install_bundle",
+    "load_installed",
+    "load_trusted_keys",
+    "verify_bundle",
+]
+
+SIGNATURE_BYTES = 64
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+_CHUNK_BYTES = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
+_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """An archive whose signature, manifest and file hashes were all checked."""
+
+    archive: Path
+    manifest: Manifest
+    manifest_bytes: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
+
+
+def load_trusted_keys(paths: Sequence[Path]) -> list[Ed25519PublicKey]:
+    """Read PEM (SubjectPublicKeyInfo) Ed25519 public keys; any unusable file is an error naming it."""
+    keys: list[Ed25519PublicKey] = []
+    for path in map(Path, paths):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as error:
+            raise KeyFileError(f"trusted key file {path} does not exist") from error
+        except OSError as error:
+            raise KeyFileError(f"trusted key file {path} cannot be read: {error.strerror or error}") from error
+        try:
+            key = load_pem_public_key(data)
+        except (ValueError, UnsupportedAlgorithm) as error:
+            raise KeyFileError(f"trusted key file {path} is not a PEM public key: {error}") from error
+        if not isinstance(key, Ed25519PublicKey):
+            raise KeyFileError(f"trusted key file {path} holds a {type(key).__name__}, not an Ed25519 public key")
+        keys.append(key)
+    return keys
+
+
+def verify_bundle(archive: Path, trusted_keys: Sequence[Ed25519PublicKey]) -> VerifiedBundle:
+    """Check member safety, signature, manifest and every hash while reading the archive; nothing is written."""
+    archive = Path(archive)
+    with _open_archive(archive) as tar:
+        members = _safe_members(tar, archive)
+        manifest_bytes, signature = _read_manifest_and_signature(tar, members, archive)
+        _check_signature(manifest_bytes, signature, trusted_keys, f"bundle {archive.name}")
+        manifest = Manifest.parse(manifest_bytes)
+        _check_file_set(manifest, members, f"bundle {archive.name}")
+        for name, member in _in_archive_order(members):
+            actual = _sha256_of_chunks(_member_chunks(tar, member, archive))
+            _check_hash(name, manifest.files[name], actual, f"bundle {archive.name}")
+    return VerifiedBundle(archive=archive, manifest=manifest, manifest_bytes=manifest_bytes, signature=signature)
+
+
+def install_bundle(archive: Path, trusted_keys: Sequence[Ed25519PublicKey], slot_dir: Path) -> Manifest:
+    """Verify, then extract into a hidden sibling of `slot_dir` and rename it into place."""
+    slot_dir = Path(slot_dir)
+    _check_slot_free(slot_dir)
+    verified = verify_bundle(archive, trusted_keys)
+    slot_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{slot_dir.name}.installing-", dir=slot_dir.parent))
+    try:
+        _extract_verified(verified, staging)
+        _write_durably(staging / MANIFEST_NAME, verified.manifest_bytes)
+        _write_durably(staging / SIGNATURE_NAME, verified.signature)
+        _check_slot_free(slot_dir)
+        if slot_dir.exists():
+            slot_dir.rmdir()
+        os.rename(staging, slot_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _sync_directory(slot_dir.parent)
+    return verified.manifest
+
+
+def load_installed(slot_dir: Path, trusted_keys: Sequence[Ed25519PublicKey] | None = None) -> Manifest:
+    """Re-read an installed slot's manifest and re-check its files; with keys, re-check the signature too."""
+    slot_dir = Path(slot_dir)
+    source = f"slot {slot_dir}"
+    manifest_path = slot_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise BundleError("not_a_bundle", f"{source} has no {MANIFEST_NAME}; it is not an installed bundle")
+    manifest_bytes = manifest_path.read_bytes()
+    if trusted_keys is not None:
+        signature_path = slot_dir / SIGNATURE_NAME
+        if not signature_path.is_file():
+            raise BundleError("unsigned", f"{source} has no {SIGNATURE_NAME}")
+        _check_signature(manifest_bytes, signature_path.read_bytes(), trusted_keys, source)
+    manifest = Manifest.parse(manifest_bytes)
+    root = slot_dir.resolve()
+    for name, expected in sorted(manifest.files.items()):
+        path = slot_dir.joinpath(*name.split("/"))
+        if path.is_symlink() or (path.exists() and not path.resolve().is_relative_to(root)):
+            raise BundleError("unsafe_path", f"{source}: {name} is a symbolic link or leads outside the slot")
+        if not path.is_file():
+            raise BundleError("missing_file", f"{source}: {name} is listed in {MANIFEST_NAME} but missing")
+        with path.open("rb") as stream:
+            actual = _sha256_of_chunks(iter(lambda: stream.read(_CHUNK_BYTES), b""))
+        _check_hash(name, expected, actual, source)
+    return manifest
+
+
+def _open_archive(archive: Path) -> tarfile.TarFile:
+    """A plain or gzip-compressed tar, opened for reading; anything else is not a bundle."""
+    try:
+        with archive.open("rb") as raw:
+            compressed = raw.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
+        return tarfile.open(archive, "r:gz" if compressed else "r:")
+    except _READ_ERRORS as error:
+        raise BundleError("not_a_bundle", f"{archive} is not a readable tar archive: {error}") from error
+
+
+def _safe_members(tar: tarfile.TarFile, archive: Path) -> dict[str, tarfile.TarInfo]:
+    """Regular-file members by name, after refusing any unsafe member; folders are checked, then dropped."""
+    files: dict[str, tarfile.TarInfo] = {}
+    seen: dict[str, str] = {}
+    for member in _iterate_members(tar, archive):
+        if member.type not in _FILE_TYPES and member.type != tarfile.DIRTYPE:
+            raise BundleError(
+                "unsafe_path",
+                f"bundle {archive.name}: member {member.name!r} is a {_kind_of(member)}; "
+                "only regular files and folders are allowed",
+            )
+        name = member.name.removesuffix("/") if member.isdir() else member.name
+        problem = path_problem(name)
+        if problem is not None:
+            raise BundleError("unsafe_path", f"bundle {archive.name}: member {member.name!r} {problem}")
+        # Case-insensitive file systems would merge two such members into one file.
+        folded = name.casefold()
+        if folded in seen:
+            raise BundleError(
+                "unsafe_path", f"bundle {archive.name}: member {name!r} duplicates member {seen[folded]!r}"
+            )
+        seen[folded] = name
+        if not member.isdir():
+            files[name] = member
+    return files
+
+
+def _iterate_members(tar: tarfile.TarFile, archive: Path) -> Iterator[tarfile.TarInfo]:
+    members = iter(tar)
+    while True:
+        try:
+            member = next(members)
+        except StopIteration:
+            return
+        except _READ_ERRORS as error:
+            raise BundleError("not_a_bundle", f"bundle {archive.name} is corrupt: {error}") from error
+        yield member
+
+
+def _kind_of(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return f"symbolic link to {member.linkname!r}"
+    if member.islnk():
+        return f"hard link to {member.linkname!r}"
+    if member.ischr() or member.isblk():
+        return "device"
+    if member.isfifo():
+        return "fifo"
+    return f"member of tar type {member.type!r}"
+
+
+def _read_manifest_and_signature(
+    tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], archive: Path
+) -> tuple[bytes, bytes]:
+    if MANIFEST_NAME not in members:
+        raise BundleError("not_a_bundle", f"{archive.name} has no {MANIFEST_NAME}")
+    if SIGNATURE_NAME not in members:
+        raise BundleError("unsigned", f"bundle {archive.name} has no {SIGNATURE_NAME}")
+    manifest_size = members[MANIFEST_NAME].size
+    if manifest_size > MAX_MANIFEST_BYTES:
+        raise BundleError(
+            "malformed_manifest", f"{MANIFEST_NAME} is {manifest_size} bytes, over the {MAX_MANIFEST_BYTES} limit"
+        )
+    signature_size = members[SIGNATURE_NAME].size
+    if signature_size != SIGNATURE_BYTES:
+        raise BundleError(
+            "bad_signature", f"{SIGNATURE_NAME} is {signature_size} bytes; an Ed25519 signature is {SIGNATURE_BYTES}"
+        )
+    manifest_bytes = b"".join(_member_chunks(tar, members[MANIFEST_NAME], archive))
+    signature = b"".join(_member_chunks(tar, members[SIGNATURE_NAME], archive))
+    return manifest_bytes, signature
+
+
+def _member_chunks(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path) -> Iterator[bytes]:
+    try:
+        stream = tar.extractfile(member)
+        if stream is None:
+            raise tarfile.ReadError("no data")
+        while chunk := stream.read(_CHUNK_BYTES):
+            yield chunk
+    except _READ_ERRORS as error:
+        raise BundleError(
+            "not_a_bundle", f"bundle {archive.name}: member {member.name!r} unreadable: {error}"
+        ) from error
+
+
+def _check_signature(
+    manifest_bytes: bytes, signature: bytes, trusted_keys: Sequence[Ed25519PublicKey], source: str
+) -> None:
+    for key in trusted_keys:
+        if not isinstance(key, Ed25519PublicKey):
+            raise TypeError(f"trusted keys must be Ed25519PublicKey, got {type(key).__name__}")
+    if not trusted_keys:
+        raise BundleError("bad_signature", f"{source}: no trusted public keys are configured, so nothing is trusted")
+    if len(signature) != SIGNATURE_BYTES:
+        raise BundleError(
+            "bad_signature", f"{source}: {SIGNATURE_NAME} is {len(signature)} bytes, not {SIGNATURE_BYTES}"
+        )
+    for key in trusted_keys:
+        try:
+            key.verify(signature, manifest_bytes)
+            return
+        except InvalidSignature:
+            continue
+    raise BundleError(
+        "bad_signature",
+        f"{source}: {SIGNATURE_NAME} does not verify {MANIFEST_NAME} with any of the {len(trusted_keys)} trusted "
+        "key(s); the manifest was altered or signed by an untrusted key",
+    )
+
+
+def _check_file_set(manifest: Manifest, members: dict[str, tarfile.TarInfo], source: str) -> None:
+    present = set(members) - RESERVED_NAMES
+    listed = set(manifest.files)
+    missing = sorted(listed - present)
+    if missing:
+        raise BundleError("missing_file", f"{source}: listed in {MANIFEST_NAME} but missing: {', '.join(missing)}")
+    extra = sorted(present - listed)
+    if extra:
+        raise BundleError("extra_file", f"{source}: not listed in {MANIFEST_NAME}: {', '.join(extra)}")
+
+
+def _in_archive_order(members: dict[str, tarfile.TarInfo]) -> list[tuple[str, tarfile.TarInfo]]:
+    """Payload members sorted by position, so a compressed archive is read front to back once."""
+    payload = [(name, member) for name, member in members.items() if name not in RESERVED_NAMES]
+    return sorted(payload, key=lambda item: item[1].offset_data)
+
+
+def _sha256_of_chunks(chunks: Iterator[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_hash(name: str, expected: str, actual: str, source: str) -> None:
+    if actual != expected:
+        raise BundleError("hash_mismatch", f"{source}: {name} has sha256 {actual}, the manifest says {expected}")
+
+
+def _check_slot_free(slot_dir: Path) -> None:
+    if slot_dir.is_symlink() or (slot_dir.exists() and not slot_dir.is_dir()):
+        raise FileExistsError(f"slot {slot_dir} exists and is not a folder")
+    if slot_dir.is_dir() and any(slot_dir.iterdir()):
+        raise FileExistsError(f"slot {slot_dir} is not empty; install into a new or empty folder")
+
+
+def _extract_verified(verified: VerifiedBundle, target: Path) -> None:
+    """Write the verified payload into `target`, re-checking member safety and every hash as it is written."""
+    archive = verified.archive
+    expected = verified.manifest.files
+    source = f"bundle {archive.name} (changed since verification)"
+    with _open_archive(archive) as tar:
+        members = _safe_members(tar, archive)
+        _check_file_set(verified.manifest, members, source)
+        for name, member in _in_archive_order(members):
+            destination = target.joinpath(*name.split("/"))
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            digest = hashlib.sha256()
+            with destination.open("xb") as out:
+                for chunk in _member_chunks(tar, member, archive):
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            _check_hash(name, expected[name], digest.hexdigest(), source)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with path.open("xb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _sync_directory(path: Path) -> None:
+    """Persist a rename across power loss; directories cannot be opened for syncing on Windows."""
+    if os.name != "posix":
+        return
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,76 @@
+"""The device's inspector: an installed bundle turned into `inspect(frame) -> InspectionResult`."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.bundle import load_installed
+from edge_runtime.knn import KnnMemory
+from edge_runtime.manifest import Manifest
+from edge_runtime.openvino_networks import OpenVinoNetworks, RuntimeOptions
+from edge_runtime.pipeline import InspectionPipeline
+from edge_runtime.preprocess import preprocess, read_image_file
+from edge_runtime.results import InspectionResult
+
+
+@dataclass(frozen=True)
+class ReferenceCheck:
+    file: str
+    expected_score: float
+    measured_score: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return abs(self.measured_score - self.expected_score) <= self.tolerance
+
+
+class Inspector:
+    def __init__(self, manifest: Manifest, slot: Path, options: RuntimeOptions | None = None) -> None:
+        self.manifest = manifest
+        self.slot = slot
+        files = {name: slot / spec.xml for name, spec in manifest.networks.items()}
+        self.networks = OpenVinoNetworks(files, options)
+        memory = KnnMemory.load(slot / manifest.memory.folder)
+        self.pipeline = InspectionPipeline(self.networks, memory, manifest.inspection, manifest.schedule.to_schedule())
+        self.calibration = manifest.calibration.to_calibration()
+        self.size = (manifest.input.height, manifest.input.width)
+        self.color = manifest.input.color
+
+    @classmethod
+    def from_slot(cls, slot: Path, options: RuntimeOptions | None = None) -> Inspector:
+        """Load an installed bundle (its file hashes are checked again)."""
+        return cls(load_installed(slot), slot, options)
+
+    @property
+    def model_version(self) -> str:
+        return self.manifest.model_version
+
+    def prepare(self, frame: np.ndarray) -> np.ndarray:
+        """Frame -> model input; raises FrameError for frames that cannot be inspected."""
+        return preprocess(frame, self.size, self.color)
+
+    def inspect(self, frame: np.ndarray) -> InspectionResult:
+        start = time.perf_counter()
+        image = self.prepare(frame)
+        prepared = time.perf_counter()
+        result = self.pipeline.inspect(image, self.calibration)
+        timings = {
+            **result.timings_ms,
+            "preprocess": (prepared - start) * 1000.0,
+            "total": (time.perf_counter() - start) * 1000.0,
+        }
+        return dataclasses.replace(result, timings_ms=timings)
+
+    def health_check(self) -> list[ReferenceCheck]:
+        """Score the bundle's reference images; each must land within its tolerance."""
+        checks = []
+        for reference in self.manifest.references:
+            score = self.inspect(read_image_file(self.slot / reference.file)).score
+            checks.append(ReferenceCheck(reference.file, reference.expected_score, score, reference.tolerance))
+        return checks

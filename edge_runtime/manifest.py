@@ -1,0 +1,314 @@
+"""The manifest schema: the one contract between the host that packs a bundle and the device that installs it."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from edge_runtime.anomaly_map import MAP_KINDS, MapStats
+from edge_runtime.bundle_errors import BundleError
+from edge_runtime.calibration import Calibration
+from edge_runtime.preprocess import ColorMode
+from edge_runtime.schedule import DiffusionSchedule
+from edge_runtime.settings import InspectionSettings, StrictModel
+from edge_runtime.severity import SeverityBins
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+
+MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"
+RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
+
+MEMORY_REQUIRED_FILES = ("memory.json", "memory.hnsw")
+MEMORY_OPTIONAL_FILES = ("projection.npy",)
+
+
+def path_problem(path: str) -> str | None:
+    """Why `path` is not a safe, normalised, relative POSIX path inside a bundle; None when it is one."""
+    if not path:
+        return "is empty"
+    if "\x00" in path:
+        return "contains a NUL character"
+    if "\\" in path:
+        return "contains a backslash"
+    # A colon names a drive or an alternate data stream on Windows devices.
+    if ":" in path:
+        return "contains ':'"
+    if path.startswith("/"):
+        return "is an absolute path"
+    parts = path.split("/")
+    if ".." in parts:
+        return "contains a '..' component"
+    if any(part in ("", ".") for part in parts):
+        return "is not normalised (it has an empty or '.' component)"
+    return None
+
+
+def _relative_path(value: str) -> str:
+    problem = path_problem(value)
+    if problem is not None:
+        raise ValueError(f"path {value!r} {problem}")
+    return value
+
+
+RelativePath = Annotated[str, AfterValidator(_relative_path)]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+NetworkName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$")]
+
+
+class _Spec(StrictModel):
+    # NaN or infinity in a threshold would silently turn every verdict into "good".
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+class InputSpec(_Spec):
+    """The model input size and colour mode."""
+
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    color: ColorMode
+
+
+class PreprocessingSpec(_Spec):
+    """How a frame becomes model input: area resize when shrinking, bilinear when growing, then x/127.5-1."""
+
+    resize: Literal["area_down_linear_up"] = "area_down_linear_up"
+    scale: Literal["x/127.5-1"] = "x/127.5-1"
+
+
+class ScheduleSpec(_Spec):
+    """The linear diffusion noise schedule the denoiser was trained with."""
+
+    num_timesteps: int = Field(ge=1)
+    beta_start: float = Field(gt=0.0, lt=1.0)
+    beta_end: float = Field(gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScheduleSpec:
+        if self.beta_start > self.beta_end:
+            raise ValueError(f"beta_start {self.beta_start} is larger than beta_end {self.beta_end}")
+        return self
+
+    @classmethod
+    def from_schedule(cls, schedule: DiffusionSchedule) -> ScheduleSpec:
+        return cls(num_timesteps=schedule.num_timesteps, beta_start=schedule.beta_start, beta_end=schedule.beta_end)
+
+    def to_schedule(self) -> DiffusionSchedule:
+        return DiffusionSchedule(self.num_timesteps, self.beta_start, self.beta_end)
+
+
+class NetworkSpec(_Spec):
+    """One OpenVINO IR network: its two files and the precision they hold."""
+
+    xml: RelativePath
+    weights: RelativePath
+    precision: Literal["int8", "fp16", "fp32"]
+    auroc_drop: float | None = Field(None, description="measured image-AUROC drop of this precision vs fp32")
+
+
+class MemorySpec(_Spec):
+    """The folder holding the KNN memory bank: memory.json, memory.hnsw and optionally projection.npy."""
+
+    folder: RelativePath
+
+    def file(self, name: str) -> str:
+        """Bundle path of one file of the memory folder."""
+        return f"{self.folder}/{name}"
+
+
+class ReferenceImage(_Spec):
+    """A known image and the score the device must reproduce for it, as a self-test after installation."""
+
+    file: RelativePath
+    expected_score: float
+    tolerance: float = Field(ge=0.0)
+
+
+class SeverityBinsSpec(_Spec):
+    low: float
+    high: float
+    count: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SeverityBinsSpec:
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} is larger than high {self.high}")
+        return self
+
+
+class MapStatsSpec(_Spec):
+    location: float
+    scale: float = Field(gt=0.0)
+
+
+class CalibrationSpec(_Spec):
+    """Mirror of `edge_runtime.calibration.Calibration`, validated."""
+
+    bins: SeverityBinsSpec
+    map_stats: dict[str, MapStatsSpec]
+    image_threshold: float
+    pixel_threshold: float
+
+    @field_validator("map_stats")
+    @classmethod
+    def _known_kinds(cls, value: dict[str, MapStatsSpec]) -> dict[str, MapStatsSpec]:
+        unknown = sorted(set(value) - set(MAP_KINDS))
+        if unknown:
+            raise ValueError(f"unknown map kinds {unknown}; known kinds are {list(MAP_KINDS)}")
+        return value
+
+    @classmethod
+    def from_calibration(cls, calibration: Calibration) -> CalibrationSpec:
+        return cls.model_validate(calibration.to_dict())
+
+    def to_calibration(self) -> Calibration:
+        return Calibration(
+            bins=SeverityBins(low=self.bins.low, high=self.bins.high, count=self.bins.count),
+            map_stats={kind: MapStats(location=s.location, scale=s.scale) for kind, s in self.map_stats.items()},
+            image_threshold=self.image_threshold,
+            pixel_threshold=self.pixel_threshold,
+        )
+
+
+class Manifest(_Spec):
+    """Everything a device needs to know about a bundle; `files` is empty only while the host drafts it."""
+
+    schema_version: int = SCHEMA_VERSION
+    model_version: str
+    created_at: datetime
+    input: InputSpec
+    preprocessing: PreprocessingSpec = PreprocessingSpec()
+    schedule: ScheduleSpec
+    inspection: InspectionSettings
+    calibration: CalibrationSpec
+    networks: dict[NetworkName, NetworkSpec] = Field(min_length=1)
+    memory: MemorySpec
+    references: list[ReferenceImage]
+    files: dict[RelativePath, Sha256Hex] = Field(
+        default_factory=dict, description="bundle path -> lowercase hex sha256, for every file but manifest.*"
+    )
+
+    @field_validator("schema_version")
+    @classmethod
+    def _supported(cls, value: int) -> int:
+        if value not in SUPPORTED_SCHEMA_VERSIONS:
+            raise ValueError(f"{value} is not one of the supported versions {sorted(SUPPORTED_SCHEMA_VERSIONS)}")
+        return value
+
+    @field_validator("model_version")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip() or value != value.strip():
+            raise ValueError("must be non-empty, without surrounding whitespace")
+        return value
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("has no timezone; it must be UTC")
+        if value.utcoffset() != timedelta(0):
+            raise ValueError(f"has offset {value.utcoffset()}; it must be UTC")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _consistent_files(cls, value: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(RESERVED_NAMES & set(value))
+        if reserved:
+            raise ValueError(f"{reserved} are the bundle's own manifest files and cannot be listed")
+        for path in value:
+            parts = path.split("/")
+            for depth in range(1, len(parts)):
+                parent = "/".join(parts[:depth])
+                if parent in value:
+                    raise ValueError(f"{parent!r} is listed as a file but is also the folder of {path!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Manifest:
+        if self.calibration.bins.count != self.inspection.severity_bins:
+            raise ValueError(
+                f"calibration.bins.count {self.calibration.bins.count} differs from "
+                f"inspection.severity_bins {self.inspection.severity_bins}"
+            )
+        if self.files:
+            unlisted = [
+                f"{label} {path!r}" for label, path in self.referenced_paths().items() if path not in self.files
+            ]
+            if unlisted:
+                raise ValueError(f"referenced but not listed in files: {', '.join(unlisted)}")
+        return self
+
+    def referenced_paths(self) -> dict[str, str]:
+        """Every bundle path the manifest points at, keyed by where it is referenced."""
+        paths: dict[str, str] = {}
+        for name, network in self.networks.items():
+            paths[f"networks.{name}.xml"] = network.xml
+            paths[f"networks.{name}.weights"] = network.weights
+        for file_name in MEMORY_REQUIRED_FILES:
+            paths[f"memory.folder/{file_name}"] = self.memory.file(file_name)
+        for index, reference in enumerate(self.references):
+            paths[f"references.{index}.file"] = reference.file
+        return paths
+
+    def to_bytes(self) -> bytes:
+        """The exact bytes stored as manifest.json and signed."""
+        return (self.model_dump_json(indent=2) + "\n").encode("utf-8")
+
+    @classmethod
+    def parse(cls, data: bytes) -> Manifest:
+        """Check the schema version first, then validate; every problem becomes a `BundleError`."""
+        try:
+            raw = json.loads(data)
+        except ValueError as error:
+            raise BundleError("malformed_manifest", f"{MANIFEST_NAME} is not valid UTF-8 JSON: {error}") from error
+        if not isinstance(raw, dict):
+            raise BundleError("malformed_manifest", f"{MANIFEST_NAME} holds a {type(raw).__name__}, not an object")
+        _check_schema_version(raw)
+        try:
+            manifest = cls.model_validate_json(data)
+        except ValidationError as error:
+            problems = "; ".join(_describe(problem) for problem in error.errors())
+            raise BundleError("malformed_manifest", f"{MANIFEST_NAME}: {problems}") from error
+        if not manifest.files:
+            raise BundleError("malformed_manifest", f"{MANIFEST_NAME}: files is empty; a bundle lists every file")
+        return manifest
+
+
+def _check_schema_version(raw: dict[str, Any]) -> None:
+    if "schema_version" not in raw:
+        raise BundleError("malformed_manifest", f"{MANIFEST_NAME}: schema_version: Field required")
+    version = raw["schema_version"]
+    # bool is an int in Python, but `true` is not a schema version.
+    if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise BundleError(
+            "unknown_schema",
+            f"{MANIFEST_NAME} has schema_version {version!r}; "
+            f"supported versions are {sorted(SUPPORTED_SCHEMA_VERSIONS)}",
+        )
+
+
+def _describe(problem: Any) -> str:
+    """One pydantic error as 'key.path: message (got value)'."""
+    location = ".".join(str(part) for part in problem["loc"]) or "manifest"
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    value = problem.get("input")
+    if problem["type"] == "missing" or not problem["loc"] or isinstance(value, (dict, list)):
+        return f"{location}: {message}"
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"{location}: {message} (got {shown})"

@@ -1,0 +1,82 @@
+"""The inspection networks on OpenVINO: compiled once, then run per frame."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import openvino as ov
+
+NETWORK_NAMES = ("knn_backbone", "map_backbone", "encoder", "denoiser", "decoder")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How OpenVINO runs the networks on this device."""
+
+    device: str = "CPU"
+    performance_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
+    threads: int | None = None
+    # f32 keeps results identical across CPUs; CPUs with bf16 units otherwise silently compute in bf16.
+    inference_precision: Literal["f32", "bf16"] = "f32"
+    cache_dir: Path | None = None
+
+    def compile_config(self) -> dict[str, object]:
+        config: dict[str, object] = {
+            "PERFORMANCE_HINT": self.performance_hint,
+            "INFERENCE_PRECISION_HINT": self.inference_precision,
+        }
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        return config
+
+
+def make_core(options: RuntimeOptions) -> ov.Core:
+    core = ov.Core()
+    if options.cache_dir is not None:
+        options.cache_dir.mkdir(parents=True, exist_ok=True)
+        core.set_property({"CACHE_DIR": str(options.cache_dir)})
+    return core
+
+
+class OpenVinoNetworks:
+    """Implements `InspectionNetworks` with one compiled model and infer request per network."""
+
+    def __init__(self, model_files: dict[str, Path], options: RuntimeOptions | None = None) -> None:
+        missing = [name for name in NETWORK_NAMES if name not in model_files]
+        if missing:
+            raise ValueError(f"model files missing for networks: {', '.join(missing)}")
+        self.options = options or RuntimeOptions()
+        core = make_core(self.options)
+        config = self.options.compile_config()
+        self.compiled = {
+            name: core.compile_model(str(model_files[name]), self.options.device, config) for name in NETWORK_NAMES
+        }
+        self.requests = {name: model.create_infer_request() for name, model in self.compiled.items()}
+
+    def _run(self, name: str, *inputs: np.ndarray) -> list[np.ndarray]:
+        request = self.requests[name]
+        request.infer({i: value for i, value in enumerate(inputs)})
+        # Copies: the request reuses its output buffers on the next call.
+        return [request.get_output_tensor(i).data[0].copy() for i in range(len(self.compiled[name].outputs))]
+
+    @staticmethod
+    def _batch(array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array[None], dtype=np.float32)
+
+    def knn_features(self, image: np.ndarray) -> list[np.ndarray]:
+        return self._run("knn_backbone", self._batch(image))
+
+    def map_features(self, image: np.ndarray) -> list[np.ndarray]:
+        return self._run("map_backbone", self._batch(image))
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        return self._run("encoder", self._batch(image))[0]
+
+    def predict_noise(self, latent: np.ndarray, timestep: int) -> np.ndarray:
+        return self._run("denoiser", self._batch(latent), np.array([timestep], dtype=np.int64))[0]
+
+    def decode(self, latent: np.ndarray) -> np.ndarray:
+        return self._run("decoder", self._batch(latent))[0]

@@ -1,0 +1,266 @@
+"""From a training run to a signed bundle: export the networks, quantise them behind an accuracy gate,
+recalibrate with the networks the device will run, pick reference images, pack and sign."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+
+from edge_runtime.calibration import Calibration
+from edge_runtime.manifest import (
+    CalibrationSpec,
+    InputSpec,
+    Manifest,
+    MemorySpec,
+    NetworkSpec,
+    ReferenceImage,
+    ScheduleSpec,
+)
+from edge_runtime.openvino_networks import NETWORK_NAMES, OpenVinoNetworks
+from edge_runtime.pipeline import InspectionPipeline
+from edge_runtime.preprocess import preprocess, to_uint8_image
+from export.convert import (
+    DecoderGraph,
+    DenoiserGraph,
+    EncoderGraph,
+    GraphSpec,
+    onnx_to_openvino,
+    quantise_int8,
+    save_ir,
+    to_onnx,
+)
+from export.packing import write_bundle
+from export.recording import RecordingNetworks
+from export.signing import load_private_key
+from train_host.calibrate import fit_calibration
+from train_host.dataset import list_test_samples, load_image
+from train_host.evaluation import inspect_test_set, select_samples
+from train_host.run_store import TrainedRun, build_pipeline, load_run, schedule_of
+from train_host.torch_setup import progress
+
+Precision = Literal["int8", "fp16", "fp32"]
+PrecisionChoice = Literal["auto", "int8", "fp16", "fp32"]
+FALLBACK_ORDER: tuple[Precision, ...] = ("int8", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    model_version: str
+    precision: PrecisionChoice = "auto"
+    max_auroc_drop: float = 0.01
+    calibration_images: int = 32
+    gate_images_per_type: int = 10
+    reference_images: int = 3
+
+
+@dataclass
+class GateLog:
+    """What the accuracy gate measured, kept beside the bundle."""
+
+    baseline_auroc: float | None = None
+    trials: list[dict] = field(default_factory=list)
+
+
+def graph_specs(run: TrainedRun) -> dict[str, GraphSpec]:
+    data = run.config.data
+    channels = 1 if data.color == "gray" else 3
+    height, width = data.image_size
+    image = torch.zeros(1, channels, height, width)
+    latent = torch.zeros(1, run.config.autoencoder.latent_channels, height // 8, width // 8)
+    map_backbone = run.adapted_map_backbone if run.config.inspection.use_adapted_backbone else run.frozen_map_backbone
+    return {
+        "knn_backbone": GraphSpec(run.knn_backbone, (image,), ("image",)),
+        "map_backbone": GraphSpec(map_backbone, (image,), ("image",)),
+        "encoder": GraphSpec(EncoderGraph(run.autoencoder), (image,), ("image",)),
+        "denoiser": GraphSpec(DenoiserGraph(run.unet), (latent, torch.tensor([10])), ("latent", "timestep")),
+        "decoder": GraphSpec(DecoderGraph(run.autoencoder), (latent,), ("latent",)),
+    }
+
+
+def record_network_inputs(run: TrainedRun, images: np.ndarray) -> dict[str, list[tuple[np.ndarray, ...]]]:
+    """Inputs each network receives while the torch pipeline inspects good images."""
+    torch_pipeline = build_pipeline(run, run.config.inspection, torch.device("cpu"))
+    recorder = RecordingNetworks(torch_pipeline.networks)
+    torch_pipeline.networks = recorder
+    for image in progress(images, "recording calibration inputs"):
+        torch_pipeline.raw_maps(image, run.calibration.bins)
+    return dict(recorder.inputs)
+
+
+def build_variants(
+    run: TrainedRun, folder: Path, needed: tuple[Precision, ...], calibration_images: np.ndarray
+) -> dict[str, dict[Precision, Path]]:
+    """IR files of every network in every needed precision, under folder/<precision>/<name>.xml."""
+    samples = record_network_inputs(run, calibration_images) if "int8" in needed else {}
+    variants: dict[str, dict[Precision, Path]] = {}
+    for name, spec in graph_specs(run).items():
+        model = onnx_to_openvino(to_onnx(spec, folder / "onnx" / f"{name}.onnx"))
+        variants[name] = {}
+        for precision in needed:
+            xml = folder / precision / f"{name}.xml"
+            if precision == "int8":
+                save_ir(quantise_int8(model, samples[name]), xml, fp16=False)
+            else:
+                save_ir(model, xml, fp16=precision == "fp16")
+            variants[name][precision] = xml
+    return variants
+
+
+class GateEvaluator:
+    """Image AUROC of a mix of network precisions on a labelled gate set, recalibrated each time."""
+
+    def __init__(self, run: TrainedRun, holdout: np.ndarray, gate_per_type: int) -> None:
+        self.run = run
+        self.holdout = holdout
+        self.samples = select_samples(list_test_samples(run.config.data.root), gate_per_type)
+
+    def pipeline(self, files: dict[str, Path]) -> InspectionPipeline:
+        networks = OpenVinoNetworks(files)
+        return InspectionPipeline(networks, self.run.memory, self.run.config.inspection, schedule_of(self.run.config))
+
+    def calibrate(self, pipeline: InspectionPipeline) -> Calibration:
+        return fit_calibration(pipeline, self.holdout, self.run.config.calibration)
+
+    def auroc(self, files: dict[str, Path]) -> float:
+        pipeline = self.pipeline(files)
+        report = inspect_test_set(
+            pipeline, self.calibrate(pipeline), self.samples, self.run.config.data, "gate", "precision gate"
+        )
+        return report.overall.image_auroc
+
+
+def choose_precisions(
+    variants: dict[str, dict[Precision, Path]], gate: GateEvaluator, options: ExportOptions, log: GateLog
+) -> tuple[dict[str, Precision], dict[str, float | None]]:
+    """Per network, the cheapest precision whose AUROC drop against all-fp32 stays within the limit."""
+    chosen: dict[str, Precision] = {name: "fp32" for name in NETWORK_NAMES}
+    baseline = gate.auroc({name: variants[name]["fp32"] for name in NETWORK_NAMES})
+    log.baseline_auroc = baseline
+    drops: dict[str, float | None] = {name: None for name in NETWORK_NAMES}
+    for name in NETWORK_NAMES:
+        for precision in FALLBACK_ORDER[:-1]:
+            trial = {**chosen, name: precision}
+            score = gate.auroc({n: variants[n][trial[n]] for n in NETWORK_NAMES})
+            drop = baseline - score
+            accepted = drop <= options.max_auroc_drop
+            log.trials.append(
+                {"network": name, "precision": precision, "auroc": score, "drop": drop, "accepted": accepted}
+            )
+            print(
+                f"gate: {name} {precision}: AUROC {score:.4f} (drop {drop:+.4f}) {'kept' if accepted else 'rejected'}"
+            )
+            if accepted:
+                chosen[name], drops[name] = precision, drop
+                break
+    return chosen, drops
+
+
+def fixed_precisions(
+    variants: dict[str, dict[Precision, Path]], gate: GateEvaluator, precision: Precision, log: GateLog
+) -> tuple[dict[str, Precision], dict[str, float | None]]:
+    """Every network in one precision; the drop against fp32 is still measured and recorded."""
+    chosen: dict[str, Precision] = {name: precision for name in NETWORK_NAMES}
+    if precision == "fp32":
+        return chosen, {name: None for name in NETWORK_NAMES}
+    log.baseline_auroc = gate.auroc({n: variants[n]["fp32"] for n in NETWORK_NAMES})
+    score = gate.auroc({n: variants[n][precision] for n in NETWORK_NAMES})
+    drop = log.baseline_auroc - score
+    log.trials.append({"network": "all", "precision": precision, "auroc": score, "drop": drop, "accepted": True})
+    return chosen, {name: drop for name in NETWORK_NAMES}
+
+
+def stage_references(
+    pipeline: InspectionPipeline, calibration: Calibration, images: np.ndarray, run: TrainedRun, staging: Path
+) -> list[ReferenceImage]:
+    """Good held-out images stored as PNG at model size, with the score this bundle gives them."""
+    data = run.config.data
+    folder = staging / "reference"
+    folder.mkdir(parents=True)
+    references = []
+    tolerance = 0.05 * abs(calibration.image_threshold) + 0.05
+    for index, image in enumerate(images):
+        picture = to_uint8_image(image)
+        name = f"good_{index}.png"
+        stored = picture if picture.shape[2] == 3 else picture[:, :, 0]
+        bgr = cv2.cvtColor(stored, cv2.COLOR_RGB2BGR) if stored.ndim == 3 else stored
+        cv2.imwrite(str(folder / name), bgr)
+        score = pipeline.inspect(preprocess(stored, data.image_size, data.color), calibration).score
+        references.append(ReferenceImage(file=f"reference/{name}", expected_score=score, tolerance=tolerance))
+    return references
+
+
+def stage_networks(
+    variants: dict[str, dict[Precision, Path]],
+    chosen: dict[str, Precision],
+    drops: dict[str, float | None],
+    staging: Path,
+) -> dict[str, NetworkSpec]:
+    folder = staging / "models"
+    folder.mkdir(parents=True)
+    specs = {}
+    for name in NETWORK_NAMES:
+        xml = variants[name][chosen[name]]
+        shutil.copy(xml, folder / f"{name}.xml")
+        shutil.copy(xml.with_suffix(".bin"), folder / f"{name}.bin")
+        specs[name] = NetworkSpec(
+            xml=f"models/{name}.xml", weights=f"models/{name}.bin", precision=chosen[name], auroc_drop=drops[name]
+        )
+    return specs
+
+
+def build_bundle(run_dir: Path, out: Path, sign_key: Path, options: ExportOptions) -> Manifest:
+    run = load_run(run_dir)
+    private_key = load_private_key(sign_key)
+    data = run.config.data
+    split = json.loads(run.paths.split.read_text())
+    fit_paths = [Path(p) for p in split["fit"]][: options.calibration_images]
+    calibration_images = np.stack([load_image(p, data.image_size, data.color) for p in fit_paths])
+    holdout = run.holdout_images()
+    needed: tuple[Precision, ...] = (
+        FALLBACK_ORDER if options.precision in ("auto", "int8") else (options.precision, "fp32")
+    )
+    with tempfile.TemporaryDirectory(prefix="bundle-") as temporary:
+        work = Path(temporary)
+        variants = build_variants(run, work / "ir", tuple(dict.fromkeys(needed)), calibration_images)
+        gate = GateEvaluator(run, holdout, options.gate_images_per_type)
+        log = GateLog()
+        if options.precision == "auto":
+            chosen, drops = choose_precisions(variants, gate, options, log)
+        else:
+            chosen, drops = fixed_precisions(variants, gate, options.precision, log)
+        final_files = {name: variants[name][chosen[name]] for name in NETWORK_NAMES}
+        pipeline = gate.pipeline(final_files)
+        calibration = gate.calibrate(pipeline)
+        staging = work / "staging"
+        networks = stage_networks(variants, chosen, drops, staging)
+        shutil.copytree(run.paths.memory, staging / "memory")
+        references = stage_references(pipeline, calibration, holdout[: options.reference_images], run, staging)
+        manifest = Manifest(
+            model_version=options.model_version,
+            created_at=datetime.now(timezone.utc),
+            input=InputSpec(height=data.image_size[0], width=data.image_size[1], color=data.color),
+            schedule=ScheduleSpec.from_schedule(schedule_of(run.config)),
+            inspection=run.config.inspection,
+            calibration=CalibrationSpec.from_calibration(calibration),
+            networks=networks,
+            memory=MemorySpec(folder="memory"),
+            references=references,
+        )
+        final = write_bundle(staging, manifest, out, private_key)
+    report = {
+        "precisions": chosen,
+        "auroc_drops": drops,
+        "gate_baseline_auroc": log.baseline_auroc,
+        "trials": log.trials,
+    }
+    out.with_suffix(".export.json").write_text(json.dumps(report, indent=2))
+    return final

@@ -1,0 +1,511 @@
+"""Bundle verification and installation on the device, with archives built directly with tarfile."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_runtime import bundle as bundle_module
+from edge_runtime.bundle import (
+    BundleError,
+    KeyFileError,
+    install_bundle,
+    load_installed,
+    load_trusted_keys,
+    verify_bundle,
+)
+from edge_runtime.calibration import Calibration
+from edge_runtime.manifest import Manifest
+from edge_runtime.settings import InspectionSettings
+
+CALIBRATION = {
+    "bins": {"low": 0.1, "high": 1.0, "count": 10},
+    "map_stats": {"knn": {"location": 0.0, "scale": 1.0}},
+    "image_threshold": 1.0,
+    "pixel_threshold": 0.5,
+}
+
+PAYLOAD = {
+    "models/encoder.xml": b"<net name='encoder'/>",
+    "models/encoder.bin": b"\x00\x01\x02encoder weights",
+    "memory/memory.json": b'{"size": 3}',
+    "memory/memory.hnsw": b"hnsw index bytes",
+    "reference/good_0.png": b"\x89PNG not really a png",
+}
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def manifest_dict(payload: dict[str, bytes]) -> dict:
+    return {
+        "schema_version": 1,
+        "model_version": "tile-2024.06.01",
+        "created_at": "2024-06-01T12:00:00Z",
+        "input": {"height": 64, "width": 64, "color": "gray"},
+        "preprocessing": {"resize": "area_down_linear_up", "scale": "x/127.5-1"},
+        "schedule": {"num_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0195},
+        "inspection": InspectionSettings().model_dump(mode="json"),
+        "calibration": CALIBRATION,
+        "networks": {
+            "encoder": {"xml": "models/encoder.xml", "weights": "models/encoder.bin", "precision": "fp16"},
+        },
+        "memory": {"folder": "memory"},
+        "references": [{"file": "reference/good_0.png", "expected_score": 0.3, "tolerance": 0.05}],
+        "files": {name: sha256(data) for name, data in sorted(payload.items())},
+    }
+
+
+def encode(manifest: dict) -> bytes:
+    return json.dumps(manifest, indent=2).encode()
+
+
+def add_file(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def add_special(tar: tarfile.TarFile, name: str, kind: bytes, linkname: str = "") -> None:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    tar.addfile(info)
+
+
+def write_archive(
+    path: Path,
+    key: Ed25519PrivateKey,
+    *,
+    payload: dict[str, bytes] | None = None,
+    manifest: bytes | None = None,
+    signature: bytes | None = None,
+    signed: bool = True,
+    extra: Callable[[tarfile.TarFile], None] | None = None,
+    mode: str = "w",
+) -> Path:
+    """A bundle archive; by default a valid one signed with `key` whose manifest matches the payload."""
+    payload = PAYLOAD if payload is None else payload
+    manifest = encode(manifest_dict(PAYLOAD)) if manifest is None else manifest
+    with tarfile.open(path, mode) as tar:
+        add_file(tar, "manifest.json", manifest)
+        if signed:
+            add_file(tar, "manifest.sig", key.sign(manifest) if signature is None else signature)
+        for name, data in payload.items():
+            add_file(tar, name, data)
+        if extra is not None:
+            extra(tar)
+    return path
+
+
+def reject(archive: Path, keys: list, reason: str) -> str:
+    with pytest.raises(BundleError) as caught:
+        verify_bundle(archive, keys)
+    assert caught.value.reason == reason, str(caught.value)
+    return str(caught.value)
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    return {
+        path.relative_to(root).as_posix(): (path.read_bytes() if path.is_file() else None)
+        for path in sorted(root.rglob("*"))
+    }
+
+
+@pytest.fixture
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+def keys(key: Ed25519PrivateKey) -> list:
+    return [Ed25519PrivateKey.generate().public_key(), key.public_key()]
+
+
+@pytest.fixture
+def good(tmp_path: Path, key: Ed25519PrivateKey) -> Path:
+    return write_archive(tmp_path / "good.tar", key)
+
+
+# Valid bundles
+
+
+def test_valid_bundle_verifies(good: Path, keys: list) -> None:
+    verified = verify_bundle(good, keys)
+    assert verified.archive == good
+    assert verified.manifest.model_version == "tile-2024.06.01"
+    assert verified.manifest.files == {name: sha256(data) for name, data in PAYLOAD.items()}
+    assert verified.manifest.networks["encoder"].precision == "fp16"
+    assert verified.manifest.calibration.to_calibration() == Calibration.from_dict(CALIBRATION)
+    assert verified.manifest.schedule.to_schedule().num_timesteps == 1000
+
+
+def test_gzip_bundle_and_folder_members_are_accepted(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    def folders(tar: tarfile.TarFile) -> None:
+        add_special(tar, "models", tarfile.DIRTYPE)
+        add_special(tar, "memory/", tarfile.DIRTYPE)
+
+    archive = write_archive(tmp_path / "good.tar.gz", key, extra=folders, mode="w:gz")
+    assert verify_bundle(archive, keys).manifest.memory.folder == "memory"
+
+
+# Rejections: archive structure
+
+
+def test_not_a_tar_file(tmp_path: Path, keys: list) -> None:
+    archive = tmp_path / "junk.tar"
+    archive.write_bytes(os.urandom(3000))
+    assert "junk.tar" in reject(archive, keys, "not_a_bundle")
+
+
+def test_truncated_gzip(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    archive = write_archive(tmp_path / "cut.tar.gz", key, mode="w:gz")
+    archive.write_bytes(archive.read_bytes()[:200])
+    assert "cut.tar.gz" in reject(archive, keys, "not_a_bundle")
+
+
+def test_missing_archive(tmp_path: Path, keys: list) -> None:
+    assert "absent.tar" in reject(tmp_path / "absent.tar", keys, "not_a_bundle")
+
+
+def test_missing_manifest(tmp_path: Path, keys: list) -> None:
+    archive = tmp_path / "bare.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in PAYLOAD.items():
+            add_file(tar, name, data)
+    assert "manifest.json" in reject(archive, keys, "not_a_bundle")
+
+
+@pytest.mark.parametrize("name", ["/etc/evil", "/manifest.json"])
+def test_absolute_path_member(tmp_path: Path, key: Ed25519PrivateKey, keys: list, name: str) -> None:
+    archive = write_archive(tmp_path / "abs.tar", key, extra=lambda tar: add_file(tar, name, b"x"))
+    message = reject(archive, keys, "unsafe_path")
+    assert name in message and "absolute" in message
+
+
+@pytest.mark.parametrize("name", ["../evil", "models/../../evil", "models/.."])
+def test_dotdot_member(tmp_path: Path, key: Ed25519PrivateKey, keys: list, name: str) -> None:
+    archive = write_archive(tmp_path / "dotdot.tar", key, extra=lambda tar: add_file(tar, name, b"x"))
+    message = reject(archive, keys, "unsafe_path")
+    assert name in message and "'..'" in message
+
+
+@pytest.mark.parametrize(
+    ("kind", "linkname", "words"),
+    [
+        (tarfile.SYMTYPE, "/etc/passwd", "symbolic link"),
+        (tarfile.LNKTYPE, "models/encoder.xml", "hard link"),
+        (tarfile.FIFOTYPE, "", "fifo"),
+        (tarfile.CHRTYPE, "", "device"),
+    ],
+    ids=["symlink", "hardlink", "fifo", "device"],
+)
+def test_link_and_special_members(
+    tmp_path: Path, key: Ed25519PrivateKey, keys: list, kind: bytes, linkname: str, words: str
+) -> None:
+    archive = write_archive(
+        tmp_path / "special.tar", key, extra=lambda tar: add_special(tar, "models/evil", kind, linkname)
+    )
+    message = reject(archive, keys, "unsafe_path")
+    assert "models/evil" in message and words in message
+
+
+def test_symlink_replacing_a_listed_file(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    payload = {name: data for name, data in PAYLOAD.items() if name != "memory/memory.hnsw"}
+
+    def link(tar: tarfile.TarFile) -> None:
+        add_special(tar, "memory/memory.hnsw", tarfile.SYMTYPE, "/etc/shadow")
+
+    archive = write_archive(tmp_path / "link.tar", key, payload=payload, extra=link)
+    assert "memory/memory.hnsw" in reject(archive, keys, "unsafe_path")
+
+
+@pytest.mark.parametrize("duplicate", ["models/encoder.xml", "Models/Encoder.xml", "manifest.json"])
+def test_duplicate_member(tmp_path: Path, key: Ed25519PrivateKey, keys: list, duplicate: str) -> None:
+    archive = write_archive(tmp_path / "dup.tar", key, extra=lambda tar: add_file(tar, duplicate, b"other"))
+    message = reject(archive, keys, "unsafe_path")
+    assert duplicate in message and "duplicates" in message
+
+
+# Rejections: signature
+
+
+def test_unsigned(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    archive = write_archive(tmp_path / "unsigned.tar", key, signed=False)
+    assert "manifest.sig" in reject(archive, keys, "unsigned")
+
+
+def test_manifest_altered_after_signing(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    original = encode(manifest_dict(PAYLOAD))
+    altered = original.replace(b'"image_threshold": 1.0', b'"image_threshold": 9.0')
+    assert altered != original
+    archive = write_archive(tmp_path / "altered.tar", key, manifest=altered, signature=key.sign(original))
+    message = reject(archive, keys, "bad_signature")
+    assert "manifest.sig" in message and "altered.tar" in message
+
+
+def test_signed_by_untrusted_key(tmp_path: Path, keys: list) -> None:
+    archive = write_archive(tmp_path / "stranger.tar", Ed25519PrivateKey.generate())
+    assert "untrusted key" in reject(archive, keys, "bad_signature")
+
+
+def test_no_trusted_keys(good: Path) -> None:
+    assert "no trusted public keys" in reject(good, [], "bad_signature")
+
+
+def test_signature_of_wrong_length(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    archive = write_archive(tmp_path / "short.tar", key, signature=b"\x00" * 10)
+    assert "10 bytes" in reject(archive, keys, "bad_signature")
+
+
+def test_signature_checked_before_manifest_content(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    archive = write_archive(tmp_path / "junk.tar", key, manifest=b"{not json", signature=b"\x00" * 64)
+    reject(archive, keys, "bad_signature")
+
+
+# Rejections: manifest content (validly signed)
+
+
+def test_unknown_schema_version(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    manifest = {**manifest_dict(PAYLOAD), "schema_version": 99, "future_field": True}
+    archive = write_archive(tmp_path / "future.tar", key, manifest=encode(manifest))
+    message = reject(archive, keys, "unknown_schema")
+    assert "99" in message and "[1]" in message
+
+
+def test_missing_required_field(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    manifest = manifest_dict(PAYLOAD)
+    del manifest["schedule"]
+    archive = write_archive(tmp_path / "no_schedule.tar", key, manifest=encode(manifest))
+    message = reject(archive, keys, "malformed_manifest")
+    assert "schedule" in message and "Field required" in message
+
+
+def test_invalid_field_value_names_its_key_path(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    manifest = manifest_dict(PAYLOAD)
+    manifest["input"]["height"] = -4
+    manifest["networks"]["encoder"]["precision"] = "int4"
+    archive = write_archive(tmp_path / "bad_values.tar", key, manifest=encode(manifest))
+    message = reject(archive, keys, "malformed_manifest")
+    assert "input.height" in message and "-4" in message
+    assert "networks.encoder.precision" in message and "int4" in message
+
+
+def test_manifest_is_not_json(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    archive = write_archive(tmp_path / "text.tar", key, manifest=b"model: v1\n")
+    assert "not valid UTF-8 JSON" in reject(archive, keys, "malformed_manifest")
+
+
+# Rejections: payload
+
+
+def test_file_altered_after_signing(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    payload = {**PAYLOAD, "models/encoder.bin": b"\x00\x01\x02tampered weights"}
+    archive = write_archive(tmp_path / "tampered.tar", key, payload=payload)
+    message = reject(archive, keys, "hash_mismatch")
+    assert "models/encoder.bin" in message and sha256(PAYLOAD["models/encoder.bin"]) in message
+
+
+def test_missing_file(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    payload = {name: data for name, data in PAYLOAD.items() if name != "memory/memory.hnsw"}
+    archive = write_archive(tmp_path / "missing.tar", key, payload=payload)
+    assert "memory/memory.hnsw" in reject(archive, keys, "missing_file")
+
+
+def test_extra_file(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    archive = write_archive(tmp_path / "extra.tar", key, payload={**PAYLOAD, "models/backdoor.py": b"import os"})
+    assert "models/backdoor.py" in reject(archive, keys, "extra_file")
+
+
+# Manifest schema
+
+
+def parse_error(manifest: dict) -> BundleError:
+    with pytest.raises(BundleError) as caught:
+        Manifest.parse(encode(manifest))
+    return caught.value
+
+
+def test_referenced_file_must_be_listed() -> None:
+    manifest = manifest_dict(PAYLOAD)
+    del manifest["files"]["models/encoder.bin"]
+    error = parse_error(manifest)
+    assert error.reason == "malformed_manifest"
+    assert "networks.encoder.weights" in str(error) and "models/encoder.bin" in str(error)
+
+
+def test_memory_files_must_be_listed() -> None:
+    manifest = manifest_dict(PAYLOAD)
+    del manifest["files"]["memory/memory.json"]
+    assert "memory/memory.json" in str(parse_error(manifest))
+
+
+def test_unsafe_paths_in_manifest_are_malformed() -> None:
+    manifest = manifest_dict(PAYLOAD)
+    manifest["files"]["../outside"] = sha256(b"x")
+    manifest["memory"]["folder"] = "/var/memory"
+    error = parse_error(manifest)
+    assert error.reason == "malformed_manifest"
+    assert "'../outside'" in str(error) and "memory.folder" in str(error)
+
+
+def test_naive_or_non_utc_creation_time_is_malformed() -> None:
+    for stamp in ["2024-06-01T12:00:00", "2024-06-01T12:00:00+02:00"]:
+        error = parse_error({**manifest_dict(PAYLOAD), "created_at": stamp})
+        assert "created_at" in str(error) and stamp[:10] in str(error)
+
+
+def test_calibration_bins_must_match_inspection_settings() -> None:
+    manifest = manifest_dict(PAYLOAD)
+    manifest["calibration"] = {**CALIBRATION, "bins": {"low": 0.1, "high": 1.0, "count": 7}}
+    assert "severity_bins" in str(parse_error(manifest))
+
+
+def test_empty_file_list_is_malformed() -> None:
+    manifest = {**manifest_dict(PAYLOAD), "files": {}}
+    assert "files is empty" in str(parse_error(manifest))
+
+
+def test_bundle_error_survives_pickling() -> None:
+    copy = pickle.loads(pickle.dumps(BundleError("missing_file", "bundle x.tar: a.bin is missing")))
+    assert (copy.reason, str(copy)) == ("missing_file", "missing_file: bundle x.tar: a.bin is missing")
+
+
+def test_manifest_round_trips_through_its_bytes() -> None:
+    manifest = Manifest.parse(encode(manifest_dict(PAYLOAD)))
+    assert Manifest.parse(manifest.to_bytes()) == manifest
+
+
+# Trusted keys
+
+
+def test_load_trusted_keys(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    path = tmp_path / "device.pub"
+    path.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    (loaded,) = load_trusted_keys([path])
+    loaded.verify(key.sign(b"data"), b"data")
+
+
+def test_load_trusted_keys_rejects_bad_files(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pub"
+    with pytest.raises(KeyFileError, match="missing.pub"):
+        load_trusted_keys([missing])
+    garbage = tmp_path / "garbage.pub"
+    garbage.write_text("not a key")
+    with pytest.raises(KeyFileError, match="garbage.pub"):
+        load_trusted_keys([garbage])
+    other = tmp_path / "ecdsa.pub"
+    other.write_bytes(
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(KeyFileError, match="ecdsa.pub.*not an Ed25519"):
+        load_trusted_keys([other])
+
+
+# Installation
+
+
+def test_install_and_load_installed(good: Path, keys: list, tmp_path: Path) -> None:
+    slot = tmp_path / "slots" / "a"
+    manifest = install_bundle(good, keys, slot)
+    assert manifest == verify_bundle(good, keys).manifest
+    for name, data in PAYLOAD.items():
+        assert (slot / name).read_bytes() == data
+    assert Manifest.parse((slot / "manifest.json").read_bytes()) == manifest
+    assert len((slot / "manifest.sig").read_bytes()) == 64
+    assert sorted(p.name for p in slot.parent.iterdir()) == ["a"]
+    assert load_installed(slot) == manifest
+    assert load_installed(slot, keys) == manifest
+
+
+def test_install_into_existing_empty_folder(good: Path, keys: list, tmp_path: Path) -> None:
+    slot = tmp_path / "slot"
+    slot.mkdir()
+    install_bundle(good, keys, slot)
+    assert (slot / "models/encoder.xml").read_bytes() == PAYLOAD["models/encoder.xml"]
+
+
+def test_install_refuses_a_non_empty_slot(good: Path, keys: list, tmp_path: Path) -> None:
+    slot = tmp_path / "slot"
+    slot.mkdir()
+    (slot / "old.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not empty"):
+        install_bundle(good, keys, slot)
+    assert tree(slot) == {"old.txt": b"keep me"}
+
+
+def test_failed_install_leaves_nothing_behind(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    archive_dir, parent = tmp_path / "incoming", tmp_path / "slots"
+    archive_dir.mkdir()
+    parent.mkdir()
+    tampered = {**PAYLOAD, "reference/good_0.png": b"swapped"}
+    archive = write_archive(archive_dir / "tampered.tar", key, payload=tampered)
+    before = tree(tmp_path)
+    with pytest.raises(BundleError) as caught:
+        install_bundle(archive, keys, parent / "slot")
+    assert caught.value.reason == "hash_mismatch"
+    assert tree(tmp_path) == before
+
+
+def test_archive_swapped_after_verification_is_caught_while_extracting(
+    good: Path, key: Ed25519PrivateKey, keys: list, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_verify = bundle_module.verify_bundle
+
+    def verify_then_swap(archive: Path, trusted: list) -> bundle_module.VerifiedBundle:
+        verified = real_verify(archive, trusted)
+        write_archive(archive, key, payload={**PAYLOAD, "models/encoder.xml": b"<evil/>"})
+        return verified
+
+    monkeypatch.setattr(bundle_module, "verify_bundle", verify_then_swap)
+    parent = tmp_path / "slots"
+    with pytest.raises(BundleError) as caught:
+        install_bundle(good, keys, parent / "slot")
+    assert caught.value.reason == "hash_mismatch"
+    assert "models/encoder.xml" in str(caught.value)
+    assert list(parent.iterdir()) == []
+
+
+def test_load_installed_detects_changed_and_missing_files(good: Path, keys: list, tmp_path: Path) -> None:
+    slot = tmp_path / "slot"
+    install_bundle(good, keys, slot)
+    (slot / "memory/memory.json").write_bytes(b'{"size": 4}')
+    with pytest.raises(BundleError, match="memory/memory.json") as caught:
+        load_installed(slot)
+    assert caught.value.reason == "hash_mismatch"
+    (slot / "memory/memory.json").unlink()
+    with pytest.raises(BundleError, match="memory/memory.json") as caught:
+        load_installed(slot)
+    assert caught.value.reason == "missing_file"
+
+
+def test_load_installed_with_keys_detects_an_edited_manifest(good: Path, keys: list, tmp_path: Path) -> None:
+    slot = tmp_path / "slot"
+    install_bundle(good, keys, slot)
+    path = slot / "manifest.json"
+    path.write_bytes(path.read_bytes().replace(b'"pixel_threshold": 0.5', b'"pixel_threshold": 0.9'))
+    with pytest.raises(BundleError) as caught:
+        load_installed(slot, keys)
+    assert caught.value.reason == "bad_signature"
+
+
+def test_load_installed_of_an_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="manifest.json") as caught:
+        load_installed(tmp_path)
+    assert caught.value.reason == "not_a_bundle"

@@ -1,0 +1,120 @@
+"""Export of the tiny trained run: ONNX/OpenVINO parity with torch, the INT8 gate, the signed bundle."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+
+from edge_runtime.bundle import install_bundle, load_trusted_keys
+from edge_runtime.inspector import Inspector
+from edge_runtime.openvino_networks import NETWORK_NAMES, RuntimeOptions
+from export.builder import ExportOptions, build_bundle, graph_specs
+from export.convert import onnx_to_openvino, quantise_int8, to_onnx
+from export.signing import generate_keypair
+from train_host.evaluation import evaluate_bundle
+from train_host.run_store import load_run
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("keys")
+    generate_keypair(folder / "signer.pem", folder / "signer.pub.pem")
+    return folder / "signer.pem", folder / "signer.pub.pem"
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_run, keys, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "tiny-1.0.0.tar"
+    options = ExportOptions(model_version="1.0.0", gate_images_per_type=2, calibration_images=8)
+    manifest = build_bundle(tiny_run, out, keys[0], options)
+    return out, manifest
+
+
+@pytest.fixture(scope="module")
+def slot(bundle, keys, tmp_path_factory):
+    slot = tmp_path_factory.mktemp("device") / "slot-a"
+    install_bundle(bundle[0], load_trusted_keys([keys[1]]), slot)
+    return slot
+
+
+def compile_f32(model: ov.Model) -> ov.CompiledModel:
+    return ov.Core().compile_model(model, "CPU", RuntimeOptions().compile_config())
+
+
+def test_fp32_openvino_matches_torch_on_fixed_inputs(tiny_run, tmp_path):
+    """Every network, exported through ONNX to OpenVINO IR, gives torch's outputs (abs 1e-3 of the range)."""
+    run = load_run(tiny_run)
+    rng = np.random.default_rng(0)
+    for name, spec in graph_specs(run).items():
+        compiled = compile_f32(onnx_to_openvino(to_onnx(spec, tmp_path / f"{name}.onnx")))
+        inputs = [torch.from_numpy(rng.uniform(-1, 1, tuple(t.shape)).astype(np.float32)) for t in spec.example_inputs]
+        if name == "denoiser":
+            inputs[1] = torch.tensor([40])
+        with torch.inference_mode():
+            expected = spec.module(*inputs)
+        expected = expected if isinstance(expected, list | tuple) else [expected]
+        produced = compiled([t.numpy() for t in inputs])
+        for index, reference in enumerate(expected):
+            reference = reference.numpy()
+            scale = float(np.abs(reference).max()) + 1e-6
+            assert np.abs(produced[index] - reference).max() <= 1e-3 * scale, name
+
+
+def test_int8_backbone_stays_close_to_torch(tiny_run, tmp_path):
+    run = load_run(tiny_run)
+    spec = graph_specs(run)["knn_backbone"]
+    model = onnx_to_openvino(to_onnx(spec, tmp_path / "knn.onnx"))
+    rng = np.random.default_rng(1)
+    samples = [(rng.uniform(-1, 1, (1, 1, 64, 64)).astype(np.float32),) for _ in range(8)]
+    compiled = compile_f32(quantise_int8(model, samples))
+    image = samples[0][0]
+    with torch.inference_mode():
+        expected = [t.numpy().ravel() for t in run.knn_backbone(torch.from_numpy(image))]
+    for produced, reference in zip(compiled([image]).values(), expected, strict=True):
+        cosine = float(produced.ravel() @ reference / (np.linalg.norm(produced) * np.linalg.norm(reference)))
+        assert cosine > 0.95
+
+
+def test_bundle_records_precisions_and_gate(bundle):
+    out, manifest = bundle
+    assert set(manifest.networks) == set(NETWORK_NAMES)
+    for spec in manifest.networks.values():
+        assert spec.precision in ("int8", "fp16", "fp32")
+        assert (spec.auroc_drop is None) == (spec.precision == "fp32")
+    report = json.loads(out.with_suffix(".export.json").read_text())
+    assert 0.0 <= report["gate_baseline_auroc"] <= 1.0 and report["trials"]
+    assert manifest.input.height == 64 and manifest.input.color == "gray"
+    assert len(manifest.references) == 3 and manifest.files
+
+
+def test_installed_bundle_passes_its_health_check(slot):
+    checks = Inspector.from_slot(slot).health_check()
+    assert len(checks) == 3
+    assert all(check.passed for check in checks), checks
+
+
+def test_edge_inspection_never_imports_torch(slot):
+    script = (
+        "import sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from edge_runtime.inspector import Inspector\n"
+        f"inspector = Inspector.from_slot(Path({str(slot)!r}))\n"
+        "frame = (np.random.default_rng(0).random((90, 120)) * 255).astype(np.uint8)\n"
+        "result = inspector.inspect(frame)\n"
+        "assert np.isfinite(result.score) and result.anomaly_map.shape == (64, 64)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok', result.score)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("ok")
+
+
+def test_bundle_evaluates_through_the_same_code_path(bundle, keys, tiny_dataset):
+    report = evaluate_bundle(bundle[0], [keys[1]], tiny_dataset, "bundle")
+    assert report.overall.defect_images == 6
+    assert 0.0 <= report.overall.image_auroc <= 1.0 and np.isfinite(report.overall.aupro)
