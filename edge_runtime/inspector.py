@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +14,11 @@ import numpy as np
 from edge_runtime.bundle import load_installed
 from edge_runtime.knn import KnnMemory
 from edge_runtime.manifest import Manifest
-from edge_runtime.openvino_networks import OpenVinoNetworks, RuntimeOptions
+from edge_runtime.openvino_networks import CompiledNetworks, RuntimeOptions
 from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.preprocess import preprocess, read_image_file
 from edge_runtime.results import InspectionResult
+from edge_runtime.settings import InspectionSettings
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,9 @@ class Inspector:
         self.manifest = manifest
         self.slot = slot
         files = {name: slot / spec.xml for name, spec in manifest.networks.items()}
-        self.networks = OpenVinoNetworks(files, options)
-        memory = KnnMemory.load(slot / manifest.memory.folder)
-        self.pipeline = InspectionPipeline(self.networks, memory, manifest.inspection, manifest.schedule.to_schedule())
+        self.compiled = CompiledNetworks(files, options)
+        self.memory = KnnMemory.load(slot / manifest.memory.folder)
+        self.pipeline = self.new_pipeline()
         self.calibration = manifest.calibration.to_calibration()
         self.size = (manifest.input.height, manifest.input.width)
         self.color = manifest.input.color
@@ -47,6 +50,11 @@ class Inspector:
         """Load an installed bundle (its file hashes are checked again)."""
         return cls(load_installed(slot), slot, options)
 
+    def new_pipeline(self, settings: InspectionSettings | None = None) -> InspectionPipeline:
+        """A pipeline with its own infer requests (one per thread), sharing the compiled models and memory."""
+        settings = settings or self.manifest.inspection
+        return InspectionPipeline(self.compiled.worker(), self.memory, settings, self.manifest.schedule.to_schedule())
+
     @property
     def model_version(self) -> str:
         return self.manifest.model_version
@@ -55,11 +63,12 @@ class Inspector:
         """Frame -> model input; raises FrameError for frames that cannot be inspected."""
         return preprocess(frame, self.size, self.color)
 
-    def inspect(self, frame: np.ndarray) -> InspectionResult:
+    def inspect(self, frame: np.ndarray, pipeline: InspectionPipeline | None = None) -> InspectionResult:
+        """Inspect one frame; pass a pipeline from `new_pipeline` when calling from several threads."""
         start = time.perf_counter()
         image = self.prepare(frame)
         prepared = time.perf_counter()
-        result = self.pipeline.inspect(image, self.calibration)
+        result = (pipeline or self.pipeline).inspect(image, self.calibration)
         timings = {
             **result.timings_ms,
             "preprocess": (prepared - start) * 1000.0,
@@ -74,3 +83,25 @@ class Inspector:
             score = self.inspect(read_image_file(self.slot / reference.file)).score
             checks.append(ReferenceCheck(reference.file, reference.expected_score, score, reference.tolerance))
         return checks
+
+
+class InspectorPool:
+    """Frames inspected concurrently by worker threads, each with its own infer requests; results come back
+    as futures, in the order the caller keeps them."""
+
+    def __init__(self, inspector: Inspector, workers: int, settings: InspectionSettings | None = None) -> None:
+        self.inspector = inspector
+        self.settings = settings
+        self._local = threading.local()
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inspect")
+
+    def _pipeline(self) -> InspectionPipeline:
+        if not hasattr(self._local, "pipeline"):
+            self._local.pipeline = self.inspector.new_pipeline(self.settings)
+        return self._local.pipeline
+
+    def submit(self, frame: np.ndarray) -> Future[InspectionResult]:
+        return self._executor.submit(lambda: self.inspector.inspect(frame, self._pipeline()))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

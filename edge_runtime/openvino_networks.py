@@ -41,8 +41,9 @@ def make_core(options: RuntimeOptions) -> ov.Core:
     return core
 
 
-class OpenVinoNetworks:
-    """Implements `InspectionNetworks` with one compiled model and infer request per network."""
+class CompiledNetworks:
+    """The five networks compiled once; each `OpenVinoNetworks` made from it has its own infer requests,
+    so several frames can be in flight at once (OpenVINO releases the GIL while it infers)."""
 
     def __init__(self, model_files: dict[str, Path], options: RuntimeOptions | None = None) -> None:
         missing = [name for name in NETWORK_NAMES if name not in model_files]
@@ -51,10 +52,28 @@ class OpenVinoNetworks:
         self.options = options or RuntimeOptions()
         core = make_core(self.options)
         config = self.options.compile_config()
-        self.compiled = {
+        self.models = {
             name: core.compile_model(str(model_files[name]), self.options.device, config) for name in NETWORK_NAMES
         }
+
+    def optimal_requests(self) -> int:
+        """How many requests in flight OpenVINO recommends for this device and hint."""
+        return max(int(model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) for model in self.models.values())
+
+    def worker(self) -> OpenVinoNetworks:
+        return OpenVinoNetworks(self)
+
+
+class OpenVinoNetworks:
+    """Implements `InspectionNetworks` with one infer request per network (use one per thread)."""
+
+    def __init__(self, compiled: CompiledNetworks) -> None:
+        self.compiled = compiled.models
         self.requests = {name: model.create_infer_request() for name, model in self.compiled.items()}
+
+    @classmethod
+    def from_files(cls, model_files: dict[str, Path], options: RuntimeOptions | None = None) -> OpenVinoNetworks:
+        return cls(CompiledNetworks(model_files, options))
 
     def _run(self, name: str, *inputs: np.ndarray) -> list[np.ndarray]:
         request = self.requests[name]

@@ -124,7 +124,7 @@ class GateEvaluator:
         self.samples = select_samples(list_test_samples(run.config.data.root), gate_per_type)
 
     def pipeline(self, files: dict[str, Path]) -> InspectionPipeline:
-        networks = OpenVinoNetworks(files)
+        networks = OpenVinoNetworks.from_files(files)
         return InspectionPipeline(networks, self.run.memory, self.run.config.inspection, schedule_of(self.run.config))
 
     def calibrate(self, pipeline: InspectionPipeline) -> Calibration:

@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tag", default=None, help="name of the evaluation (folder under RUN/eval)")
     evaluate.add_argument("--max-per-type", type=int, default=None, help="cap test images per defect type")
     evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    ablate = commands.add_parser("ablate", help="run the standard ablation evaluations of a run")
+    ablate.add_argument("--run", type=Path, required=True)
+    ablate.add_argument("--only", nargs="*", default=None, metavar="TAG", help="a subset of the ablation tags")
     return parser
 
 
@@ -72,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             train(config, args.out)
             if not args.no_evaluate:
                 _evaluate(args.out, [], None, None, None)
+        elif args.command == "ablate":
+            from train_host.ablation import ablation_table, run_ablations
+
+            table = ablation_table(args.run, run_ablations(args.run, args.only))
+            (args.run / "eval" / "ablation.md").write_text(table + "\n")
+            print(table)
         elif args.bundle is not None:
             _evaluate_bundle(args)
         else:

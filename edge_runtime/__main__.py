@@ -1,0 +1,138 @@
+"""Command line of the device runtime: `python -m edge_runtime inspect|bench ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from edge_runtime.bundle import BundleError, install_bundle, load_trusted_keys
+from edge_runtime.preprocess import FrameError
+
+
+def _add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bundle", type=Path, help="signed bundle archive (verified, installed to a temp slot)")
+    source.add_argument("--slot", type=Path, help="an installed bundle folder")
+    parser.add_argument("--trusted-key", type=Path, action="append", default=[], help="public key (with --bundle)")
+    parser.add_argument("--threads", type=int, default=None, help="OpenVINO inference threads")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="OpenVINO compiled-model cache")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m edge_runtime", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    inspect = commands.add_parser("inspect", help="inspect image files with a bundle and print the verdicts")
+    _add_bundle_arguments(inspect)
+    inspect.add_argument("images", type=Path, nargs="+")
+    bench = commands.add_parser("bench", help="latency and throughput of a bundle on real frames")
+    _add_bundle_arguments(bench)
+    bench.add_argument("--images", type=Path, required=True, help="folder of frames (searched recursively)")
+    bench.add_argument("--frames", type=int, default=50)
+    bench.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8], help="denoising steps to measure")
+    bench.add_argument("--no-throughput", action="store_true", help="skip the throughput-mode measurement")
+    bench.add_argument("--out", type=Path, default=None, help="write the report as JSON")
+    return parser
+
+
+@contextmanager
+def _installed_slot(args: argparse.Namespace) -> Iterator[Path]:
+    if args.slot is not None:
+        yield args.slot
+        return
+    if not args.trusted_key:
+        raise BundleError("bad_signature", "--bundle needs at least one --trusted-key to verify it against")
+    with tempfile.TemporaryDirectory(prefix="edge-slot-") as temporary:
+        slot = Path(temporary) / "slot"
+        install_bundle(args.bundle, load_trusted_keys(args.trusted_key), slot)
+        yield slot
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from edge_runtime.inspector import Inspector
+    from edge_runtime.openvino_networks import RuntimeOptions
+    from edge_runtime.preprocess import read_image_file
+
+    with _installed_slot(args) as slot:
+        inspector = Inspector.from_slot(slot, RuntimeOptions(threads=args.threads, cache_dir=args.cache_dir))
+        for path in args.images:
+            result = inspector.inspect(read_image_file(path))
+            verdict = "DEFECT" if result.is_defect else "good"
+            print(
+                f"{path}: {verdict} score={result.score:.3f} bin={result.severity_bin} t={result.timestep} "
+                f"steps={result.steps} regions={len(result.regions)} {result.timings_ms['total']:.1f} ms"
+            )
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from edge_runtime.bench import (
+        StepsBenchmark,
+        format_report,
+        load_frames,
+        measure_latency,
+        measure_throughput,
+        report_header,
+    )
+    from edge_runtime.inspector import Inspector, InspectorPool
+    from edge_runtime.openvino_networks import RuntimeOptions
+
+    frames = load_frames(args.images, args.frames)
+    options = RuntimeOptions(threads=args.threads, cache_dir=args.cache_dir)
+    with _installed_slot(args) as slot:
+        inspector = Inspector.from_slot(slot, options)
+        settings_for = {s: inspector.manifest.inspection.model_copy(update={"denoise_steps": s}) for s in args.steps}
+        latency = {}
+        for steps, settings in settings_for.items():
+            pipeline = inspector.new_pipeline(settings)
+            latency[steps] = measure_latency(lambda frame, p=pipeline: inspector.inspect(frame, p), frames)
+        throughput: dict[int, tuple[float, int]] = {}
+        if not args.no_throughput:
+            busy = Inspector(inspector.manifest, slot, replace(options, performance_hint="THROUGHPUT"))
+            workers = max(2, busy.compiled.optimal_requests())
+            for steps, settings in settings_for.items():
+                pool = InspectorPool(busy, workers, settings)
+                measure_throughput(pool.submit, frames[:workers])  # warm every worker
+                throughput[steps] = (measure_throughput(pool.submit, frames), workers)
+                pool.close()
+        runs = [
+            StepsBenchmark(
+                steps=steps,
+                frames=len(frames),
+                end_to_end=latency[steps][0],
+                stages=latency[steps][1],
+                fps_latency_mode=latency[steps][2],
+                fps_throughput_mode=throughput.get(steps, (None, None))[0],
+                throughput_workers=throughput.get(steps, (None, None))[1],
+            )
+            for steps in args.steps
+        ]
+        precisions = ",".join(sorted({n.precision for n in inspector.manifest.networks.values()}))
+        label = f"bundle {inspector.model_version} ({precisions})"
+        report = report_header(label, runs, os.cpu_count() or 1)
+    print(format_report(report))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report.to_dict(), indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "inspect":
+            _inspect(args)
+        else:
+            _bench(args)
+    except (BundleError, FrameError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
