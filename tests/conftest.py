@@ -74,3 +74,33 @@ def tiny_run(tiny_config, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_config, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(private, public) Ed25519 key files."""
+    from export.signing import generate_keypair
+
+    folder = tmp_path_factory.mktemp("keys")
+    generate_keypair(folder / "signer.pem", folder / "signer.pub.pem")
+    return folder / "signer.pem", folder / "signer.pub.pem"
+
+
+@pytest.fixture(scope="session")
+def bundle(tiny_run, keys, tmp_path_factory):
+    """(archive path, manifest) of the tiny run exported with the INT8 accuracy gate."""
+    from export.builder import ExportOptions, build_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-1.0.0.tar"
+    options = ExportOptions(model_version="1.0.0", gate_images_per_type=2, calibration_images=8)
+    return out, build_bundle(tiny_run, out, keys[0], options)
+
+
+@pytest.fixture(scope="session")
+def slot(bundle, keys, tmp_path_factory) -> Path:
+    """The tiny bundle installed as a device would."""
+    from edge_runtime.bundle import install_bundle, load_trusted_keys
+
+    slot = tmp_path_factory.mktemp("device") / "slot-a"
+    install_bundle(bundle[0], load_trusted_keys([keys[1]]), slot)
+    return slot

@@ -1,0 +1,93 @@
+"""The device inspector on the tiny bundle: torch-free, agreeing with the host, refusing bad frames."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from edge_runtime.bench import measure_latency
+from edge_runtime.inspector import Inspector, InspectorPool
+from edge_runtime.openvino_networks import NETWORK_NAMES, OpenVinoNetworks
+from edge_runtime.pipeline import InspectionPipeline
+from edge_runtime.preprocess import FrameError
+from export.builder import graph_specs
+from export.convert import onnx_to_openvino, save_ir, to_onnx
+from train_host.dataset import list_test_samples, load_test_item
+from train_host.run_store import build_pipeline, load_run, schedule_of
+
+
+def test_edge_inspection_never_imports_torch(slot):
+    script = (
+        "import sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from edge_runtime.inspector import Inspector\n"
+        f"inspector = Inspector.from_slot(Path({str(slot)!r}))\n"
+        "frame = (np.random.default_rng(0).random((90, 120)) * 255).astype(np.uint8)\n"
+        "result = inspector.inspect(frame)\n"
+        "assert np.isfinite(result.score) and result.anomaly_map.shape == (64, 64)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok', result.score)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("ok")
+
+
+def test_device_maps_match_host_maps_on_fixed_inputs(tiny_run, tiny_dataset, tmp_path):
+    """The same numpy pipeline driven by torch (host) and by FP32 OpenVINO IR (device) gives the same maps."""
+    run = load_run(tiny_run)
+    files = {}
+    for name, spec in graph_specs(run).items():
+        files[name] = save_ir(
+            onnx_to_openvino(to_onnx(spec, tmp_path / f"{name}.onnx")), tmp_path / f"{name}.xml", False
+        )[0]
+    settings = run.config.inspection
+    device = InspectionPipeline(OpenVinoNetworks.from_files(files), run.memory, settings, schedule_of(run.config))
+    host = build_pipeline(run, settings, torch.device("cpu"))
+    sample = next(s for s in list_test_samples(tiny_dataset) if s.is_defect)
+    image, _ = load_test_item(sample, run.config.data.image_size, run.config.data.color)
+    host_raw = host.raw_maps(image, run.calibration.bins)
+    device_raw = device.raw_maps(image, run.calibration.bins)
+    assert (device_raw.severity_bin, device_raw.timestep) == (host_raw.severity_bin, host_raw.timestep)
+    for kind, host_map in host_raw.maps.items():
+        scale = float(np.abs(host_map).max())
+        assert np.abs(device_raw.maps[kind] - host_map).max() <= 2e-3 * scale, kind
+    assert set(files) == set(NETWORK_NAMES)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        np.zeros((0, 5), np.uint8),
+        np.zeros((20, 20, 2), np.uint8),
+        np.full((20, 20), np.nan, np.float32),
+        np.zeros((20, 20), np.int64),
+    ],
+)
+def test_malformed_frames_give_no_verdict(slot, frame):
+    with pytest.raises(FrameError):
+        Inspector.from_slot(slot).inspect(frame)
+
+
+def test_pool_gives_the_same_results_as_one_thread(slot):
+    inspector = Inspector.from_slot(slot)
+    rng = np.random.default_rng(3)
+    frames = [(rng.random((64, 64)) * 255).astype(np.uint8) for _ in range(6)]
+    sequential = [inspector.inspect(frame).score for frame in frames]
+    pool = InspectorPool(inspector, workers=2)
+    pooled = [future.result().score for future in [pool.submit(frame) for frame in frames]]
+    pool.close()
+    np.testing.assert_allclose(pooled, sequential, rtol=1e-5)
+
+
+def test_result_is_typed_and_timed(slot):
+    result = Inspector.from_slot(slot).inspect(np.full((64, 64), 128, np.uint8))
+    assert isinstance(result.is_defect, bool) and 1 <= result.severity_bin <= 10
+    assert result.steps == 2 and 20 <= result.timestep <= 80
+    assert {"preprocess", "knn", "encode", "denoise", "decode", "feature_maps", "fuse", "total"} <= set(
+        result.timings_ms
+    )
+    latency, stages, fps = measure_latency(Inspector.from_slot(slot).inspect, [np.zeros((64, 64), np.uint8)] * 3, 1)
+    assert latency.p50_ms > 0 and fps > 0 and "denoise" in stages
