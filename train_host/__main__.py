@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     ablate = commands.add_parser("ablate", help="run the standard ablation evaluations of a run")
     ablate.add_argument("--run", type=Path, required=True)
     ablate.add_argument("--only", nargs="*", default=None, metavar="TAG", help="a subset of the ablation tags")
+    bench = commands.add_parser("bench", help="latency of the torch pipeline (the FP32 baseline)")
+    bench.add_argument("--run", type=Path, required=True)
+    bench.add_argument("--images", type=Path, required=True, help="folder of frames (searched recursively)")
+    bench.add_argument("--frames", type=int, default=50)
+    bench.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
+    bench.add_argument("--threads", type=int, default=None)
+    bench.add_argument("--out", type=Path, default=None)
     return parser
 
 
@@ -75,6 +82,17 @@ def main(argv: list[str] | None = None) -> int:
             train(config, args.out)
             if not args.no_evaluate:
                 _evaluate(args.out, [], None, None, None)
+        elif args.command == "bench":
+            import json
+
+            from edge_runtime.bench import format_report
+            from train_host.benchmark import benchmark_torch
+
+            report = benchmark_torch(args.run, args.images, args.frames, args.steps, args.threads)
+            print(format_report(report))
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(report.to_dict(), indent=2))
         elif args.command == "ablate":
             from train_host.ablation import ablation_table, run_ablations
 
