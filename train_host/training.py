@@ -73,9 +73,10 @@ def train(config: TrainConfig, out: Path) -> RunPaths:
     seed_everything(config.seed, config.threads)
     device = pick_device(config.device)
     paths = RunPaths(out)
-    prepare_run_folder(config, paths)
     started = time.perf_counter()
+    # The dataset is checked before anything is written, so a typo leaves no half-made run folder.
     fit_paths, holdout_paths = split_holdout(train_images(config.data.root), config.data.holdout_fraction, config.seed)
+    prepare_run_folder(config, paths)
     if config.data.max_train_images:
         fit_paths = fit_paths[: config.data.max_train_images]
     paths.split.write_text(json.dumps({"fit": [str(p) for p in fit_paths], "holdout": [str(p) for p in holdout_paths]}))

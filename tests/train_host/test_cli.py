@@ -18,6 +18,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
     config.write_text(f"data:\n  root: {tmp_path / 'nowhere'}\n  image_size: [32, 32]\n")
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
     assert "training folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_evaluate_needs_a_finished_run(tmp_path, capsys):
