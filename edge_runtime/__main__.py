@@ -1,4 +1,4 @@
-"""Command line of the device runtime: `python -m edge_runtime inspect|bench ...`."""
+"""Command line of the device runtime: `python -m edge_runtime inspect|bench|run|validate-config ...`."""
 
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8], help="denoising steps to measure")
     bench.add_argument("--no-throughput", action="store_true", help="skip the throughput-mode measurement")
     bench.add_argument("--out", type=Path, default=None, help="write the report as JSON")
+    run = commands.add_parser("run", help="the streaming service: camera frames in, results out over MQTT")
+    run.add_argument("--config", type=Path, required=True, help="runtime config (configs/runtime/*.yaml)")
+    validate = commands.add_parser("validate-config", help="check a runtime config and explain every problem")
+    validate.add_argument("config", type=Path)
     return parser
 
 
@@ -121,9 +125,66 @@ def _bench(args: argparse.Namespace) -> None:
         args.out.write_text(json.dumps(report.to_dict(), indent=2))
 
 
+def _checked_config(path: Path):  # noqa: ANN202 - ServiceConfig, imported lazily
+    """The config, with the camera pipeline's syntax and elements checked too; raises ConfigError."""
+    from edge_runtime.service.frames import pipeline_problem
+    from edge_runtime.service.service_config import ConfigError, load_config
+
+    config = load_config(path)
+    problem = pipeline_problem(config.camera.pipeline)
+    if problem is not None:
+        raise ConfigError(str(path), [f"camera.pipeline: {problem}"])
+    return config
+
+
+def _validate_config(args: argparse.Namespace) -> int:
+    from edge_runtime.service.service_config import ConfigError, summary
+
+    try:
+        config = _checked_config(args.config)
+    except ConfigError as error:
+        print(error.explain(), file=sys.stderr)
+        return 2
+    print(f"{args.config}: valid\n{summary(config)}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from edge_runtime.service.publisher import CredentialError
+    from edge_runtime.service.service import Service
+    from edge_runtime.service.service_config import ConfigError
+
+    try:
+        config = _checked_config(args.config)
+    except ConfigError as error:
+        print(error.explain(), file=sys.stderr)
+        print("error: refusing to start with an invalid config", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        Service(config).run(stop)
+    except CredentialError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "validate-config":
+        return _validate_config(args)
     try:
+        if args.command == "run":
+            return _run(args)
         if args.command == "inspect":
             _inspect(args)
         else:

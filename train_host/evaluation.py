@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.bundle import install_bundle, load_trusted_keys
 from edge_runtime.calibration import Calibration
-from edge_runtime.inspector import Inspector
 from edge_runtime.overlay import heatmap_overlay
 from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.preprocess import to_uint8_image
@@ -208,6 +206,10 @@ def evaluate_bundle(
     archive: Path, trusted_keys: list[Path], data_root: Path, tag: str, max_per_type: int | None = None
 ) -> EvaluationReport:
     """Evaluate a signed bundle exactly as a device runs it: verified, installed, OpenVINO networks."""
+    # Imported here: evaluating a training run needs neither OpenVINO nor the bundle format.
+    from edge_runtime.bundle import install_bundle, load_trusted_keys
+    from edge_runtime.inspector import Inspector
+
     with tempfile.TemporaryDirectory(prefix="bundle-eval-") as temporary:
         slot = Path(temporary) / "slot"
         install_bundle(archive, load_trusted_keys(trusted_keys), slot)

@@ -1,0 +1,303 @@
+"""The service: camera frames -> inspection -> durable outbox -> MQTT, with commands, status and stats."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.bundle import install_bundle, load_installed, load_trusted_keys
+from edge_runtime.inspector import Inspector
+from edge_runtime.openvino_networks import RuntimeOptions
+from edge_runtime.preprocess import FrameError, to_uint8_image
+from edge_runtime.service.commands import CommandError, CommandRegistry, part_id_of
+from edge_runtime.service.frames import CameraEvent, Frame, FrameSource
+from edge_runtime.service.messages import encode_json, heatmap_jpeg, result_payload, utc_now
+from edge_runtime.service.mqtt_topics import HEATMAP_QOS, REPLY_QOS, STATS_QOS, STATUS_QOS, STATUS_RETAIN, Topics
+from edge_runtime.service.outbox import Outbox
+from edge_runtime.service.publisher import Publisher
+from edge_runtime.service.service_config import ServiceConfig
+from edge_runtime.service.stats import Stats
+
+log = logging.getLogger(__name__)
+
+OUTBOX_FILE = "outbox.sqlite"
+_IDLE_WAIT_S = 0.2  # how long the frame loop blocks before looking at stop, stats and pause again
+
+
+@dataclass(frozen=True)
+class Trigger:
+    part_id: str
+    received: float  # time.monotonic(); the frame inspected must be newer than this
+
+
+def new_boot_id() -> str:
+    """Unique per process start, so part ids never repeat across restarts."""
+    return f"{int(time.time()):x}{secrets.token_hex(2)}"
+
+
+def slot_for_archive(archive: Path, state_dir: Path) -> Path:
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
+    return state_dir / "slots" / digest
+
+
+def load_inspector(config: ServiceConfig) -> Inspector:
+    """The configured bundle: an installed slot, or an archive verified and installed once into the state dir."""
+    options = RuntimeOptions(
+        performance_hint=config.openvino.performance_hint,
+        threads=config.openvino.threads,
+        cache_dir=config.openvino.cache_dir,
+    )
+    bundle = config.bundle
+    if bundle.slot is not None:
+        return Inspector.from_slot(bundle.slot, options)
+    assert bundle.archive is not None
+    keys = load_trusted_keys(bundle.trusted_keys)
+    slot = slot_for_archive(bundle.archive, config.state_dir)
+    if not slot.is_dir():
+        log.info("installing %s into %s", bundle.archive, slot)
+        install_bundle(bundle.archive, keys, slot)
+    return Inspector(load_installed(slot, keys), slot, options)
+
+
+class Service:
+    """Run with `run(stop_event)` (blocks) in the main thread or a test's thread; `stop()` ends it."""
+
+    def __init__(self, config: ServiceConfig, inspector: Inspector | None = None) -> None:
+        self.config = config
+        self.topics = Topics(config.mqtt.prefix, config.mqtt.device_id)
+        self.boot_id = new_boot_id()
+        self.stats = Stats()
+        self.state = "starting"
+        self.last_error: str | None = None
+        self.produced = 0
+        self.inspector = inspector
+        self.outbox: Outbox | None = None
+        self.publisher: Publisher | None = None
+        self.source: FrameSource | None = None
+        self.commands = CommandRegistry(self._reply)
+        self.commands.register("trigger", self._cmd_trigger)
+        self.commands.register("pause", self._cmd_pause)
+        self.commands.register("resume", self._cmd_resume)
+        self.commands.register("status", self._cmd_status)
+        self.started = threading.Event()
+        self._paused = threading.Event()
+        self._stop = threading.Event()
+        self._triggers: queue.Queue[Trigger] = queue.Queue(maxsize=config.mode.trigger_queue)
+
+    def part_id(self, counter: int) -> str:
+        return f"{self.config.mqtt.device_id}-{self.boot_id}-{counter}"
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, stop_event: threading.Event | None = None) -> None:
+        """Start everything, inspect until stopped, then shut down cleanly (results stay in the outbox)."""
+        stop_event = stop_event or self._stop
+        config = self.config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.inspector is None:
+            self.inspector = load_inspector(config)
+        self._warm_up()
+        self.outbox = Outbox(config.state_dir / OUTBOX_FILE, config.outbox.max_rows, config.outbox.max_age_s)
+        log.info("outbox holds %d unpublished result(s) from before", self.outbox.depth())
+        self.publisher = Publisher(config.mqtt, self.topics, self.outbox, self._on_message)
+        self.publisher.on_connected = self.publish_status
+        camera = config.camera
+        self.source = FrameSource(
+            camera.pipeline,
+            self.inspector.color,
+            camera.frame_timeout_s,
+            (camera.reconnect_min_s, camera.reconnect_max_s),
+            self._on_camera,
+        )
+        # In triggered mode frames are expected to go unused between triggers: not drops.
+        self.source.count_drops = config.mode.kind == "continuous"
+        try:
+            self.publisher.start()
+            self.source.start()
+            self.started.set()
+            self._loop(lambda: stop_event.is_set() or self._stop.is_set())
+        finally:
+            self._shut_down()
+
+    def _warm_up(self) -> None:
+        """The first inference is slow; run the bundle's reference checks now, not on the first part."""
+        assert self.inspector is not None
+        failed = [check for check in self.inspector.health_check() if not check.passed]
+        for check in failed:
+            self.last_error = (
+                f"reference {check.file} scores {check.measured_score:.4f}, not {check.expected_score:.4f}"
+            )
+            log.error("bundle health check failed: %s", self.last_error)
+
+    def _loop(self, stopping) -> None:  # noqa: ANN001 - a zero-argument predicate
+        next_stats = time.monotonic() + self.config.stats_interval_s
+        next_frame_due = 0.0
+        continuous = self.config.mode.kind == "continuous"
+        min_interval = 1.0 / self.config.mode.max_fps if self.config.mode.max_fps else 0.0
+        assert self.source is not None
+        while not stopping():
+            if time.monotonic() >= next_stats:
+                self.publish_stats()
+                next_stats = time.monotonic() + self.config.stats_interval_s
+            if not continuous:
+                self._serve_trigger()
+                continue
+            frame = self.source.take(timeout=_IDLE_WAIT_S)
+            if frame is None:
+                continue
+            if self._paused.is_set() or frame.received < next_frame_due:
+                self.stats.skipped += 1
+                continue
+            next_frame_due = frame.received + min_interval
+            self.produced += 1
+            self._inspect(frame, self.part_id(self.produced))
+
+    def _serve_trigger(self) -> None:
+        assert self.source is not None
+        try:
+            trigger = self._triggers.get(timeout=_IDLE_WAIT_S)
+        except queue.Empty:
+            return
+        frame = self.source.take(after=trigger.received, timeout=self.config.camera.frame_timeout_s)
+        if frame is None:
+            reason = f"no frame arrived within {self.config.camera.frame_timeout_s:g} s of the trigger"
+            self._reply({"command": "trigger", "ok": False, "part_id": trigger.part_id, "error": reason})
+            return
+        self._inspect(frame, trigger.part_id)
+
+    def _inspect(self, frame: Frame, part_id: str) -> None:
+        assert self.inspector is not None and self.outbox is not None and self.publisher is not None
+        inspector = self.inspector
+        try:
+            result = inspector.inspect(frame.image)
+        except FrameError as error:
+            self.stats.errors += 1
+            self._set_error(f"frame {frame.number} cannot be inspected: {error}")
+            return
+        latency_ms = (time.monotonic() - frame.received) * 1000.0
+        threshold = inspector.calibration.image_threshold
+        shape, version = frame.image.shape, inspector.model_version
+        payload = result_payload(part_id, result, shape, inspector.size, threshold, version, latency_ms, frame.pts_s)
+        # Durable first: the row is on disk before anything is sent, and leaves only when the broker acked it.
+        self.outbox.add(part_id, self.topics.result, encode_json(payload))
+        self.publisher.wake()
+        self.stats.record(latency_ms, result.is_defect)
+        self._publish_heatmap(frame, part_id, result)
+
+    def _publish_heatmap(self, frame: Frame, part_id: str, result) -> None:  # noqa: ANN001 - InspectionResult
+        assert self.inspector is not None and self.publisher is not None
+        wanted = self.config.heatmaps.publish
+        if wanted == "off" or (wanted == "defects" and not result.is_defect) or not self.publisher.connected.is_set():
+            return
+        model_image = to_uint8_image(self.inspector.prepare(frame.image))
+        pixel_threshold = self.inspector.calibration.pixel_threshold
+        jpeg = heatmap_jpeg(model_image, result, pixel_threshold, self.config.heatmaps.jpeg_quality)
+        self.publisher.send(self.topics.heatmap(part_id), jpeg, HEATMAP_QOS)
+
+    def _shut_down(self) -> None:
+        self.state = "stopping"
+        if self.source is not None:
+            self.source.stop()
+        if self.publisher is not None:
+            self.publish_status()
+            self.publisher.stop()
+        if self.outbox is not None:
+            log.info("stopped; %d result(s) wait in the outbox", self.outbox.depth())
+            self.outbox.close()
+
+    # --- status, stats and replies -------------------------------------------------------------------
+
+    def _on_camera(self, event: CameraEvent) -> None:
+        if event.state == "lost":
+            self._set_error(f"camera lost: {event.reason}")
+        elif event.state == "streaming" and self.state == "starting":
+            self.state = "running"
+        self.publish_status()
+
+    def _set_error(self, message: str) -> None:
+        log.error(message)
+        self.last_error = message
+        self.publish_status()
+
+    def status_payload(self) -> dict[str, Any]:
+        camera = self.source.state if self.source is not None else "stopped"
+        state = self.state
+        if state in ("starting", "running") and camera == "lost":
+            state = "camera_lost"
+        elif state == "running" and self._paused.is_set():
+            state = "paused"
+        return {
+            "state": state,
+            "mode": self.config.mode.kind,
+            "model_version": self.inspector.model_version if self.inspector else None,
+            "camera": {
+                "state": camera,
+                "reconnects": self.source.reconnects if self.source else 0,
+                "frames_in": self.source.frames_in if self.source else 0,
+            },
+            "last_error": self.last_error,
+            "boot_id": self.boot_id,
+            "time": utc_now(),
+        }
+
+    def publish_status(self) -> None:
+        if self.publisher is not None:
+            self.publisher.send(self.topics.status, encode_json(self.status_payload()), STATUS_QOS, STATUS_RETAIN)
+
+    def stats_payload(self) -> dict[str, Any]:
+        source, outbox = self.source, self.outbox
+        return self.stats.snapshot(
+            frames_in=source.frames_in if source else 0,
+            dropped=source.dropped if source else 0,
+            outbox_depth=outbox.depth() if outbox else 0,
+            outbox_dropped=outbox.dropped() if outbox else 0,
+        ) | {"camera_reconnects": source.reconnects if source else 0}
+
+    def publish_stats(self) -> None:
+        if self.publisher is not None:
+            self.publisher.send(self.topics.stats, encode_json(self.stats_payload()), STATS_QOS)
+
+    def _reply(self, body: dict[str, Any]) -> None:
+        if self.publisher is not None:
+            self.publisher.send(self.topics.reply, encode_json({**body, "time": utc_now()}), REPLY_QOS)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        name = self.topics.command_name(topic)
+        if name is not None:
+            self.commands.dispatch(name, payload)
+
+    # --- commands ------------------------------------------------------------------------------------
+
+    def _cmd_trigger(self, body: dict[str, Any]) -> dict[str, Any]:
+        part_id = part_id_of(body)
+        if self.config.mode.kind != "triggered":
+            raise CommandError("trigger needs mode.kind triggered; this device inspects continuously")
+        if self._paused.is_set():
+            raise CommandError("inspection is paused; send resume first")
+        try:
+            self._triggers.put_nowait(Trigger(part_id, time.monotonic()))
+        except queue.Full as error:
+            raise CommandError(f"{self._triggers.maxsize} triggers are already waiting") from error
+        return {"part_id": part_id}
+
+    def _cmd_pause(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._paused.set()
+        self.publish_status()
+        return {}
+
+    def _cmd_resume(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._paused.clear()
+        self.publish_status()
+        return {}
+
+    def _cmd_status(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.publish_status()
+        return {}

@@ -1,0 +1,226 @@
+"""Typed, strict runtime config of the streaming service (configs/runtime/*.yaml)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from edge_runtime.settings import StrictModel
+
+# MQTT wildcards and the level separator would change which topics a name stands for.
+_TOPIC_UNSAFE = re.compile(r"[+#\x00]")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; `problems` lists 'key.path: reason' lines."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+    def explain(self) -> str:
+        lines = [f"{self.source}: {len(self.problems)} problem(s)"]
+        return "\n".join(lines + [f"  {problem}" for problem in self.problems])
+
+
+class BundleConfig(StrictModel):
+    slot: Path | None = Field(None, description="an installed bundle folder")
+    archive: Path | None = Field(None, description="a signed bundle archive, installed into state_dir/slots")
+    trusted_keys: list[Path] = Field(default_factory=list, description="public keys that may sign the archive")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BundleConfig:
+        if (self.slot is None) == (self.archive is None):
+            raise ValueError("give exactly one of slot (an installed folder) or archive (a signed bundle)")
+        if self.archive is not None and not self.trusted_keys:
+            raise ValueError("archive needs at least one trusted_keys entry to verify it against")
+        return self
+
+
+class CameraConfig(StrictModel):
+    pipeline: str = Field(
+        "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=10/1",
+        min_length=1,
+        description="GStreamer source description; the service appends convert, caps and its appsink",
+    )
+    frame_timeout_s: float = Field(5.0, gt=0.0, description="no frame for this long means the camera is lost")
+    reconnect_min_s: float = Field(0.5, gt=0.0)
+    reconnect_max_s: float = Field(30.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CameraConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        if "appsink" in self.pipeline:
+            raise ValueError("pipeline must end in a source or converter; the service adds the appsink itself")
+        return self
+
+
+class ModeConfig(StrictModel):
+    kind: Literal["continuous", "triggered"] = "continuous"
+    max_fps: float = Field(0.0, ge=0.0, description="continuous mode: inspect at most this many frames/s (0: all)")
+    trigger_queue: int = Field(100, ge=1, description="triggered mode: pending triggers before new ones are refused")
+
+
+class TlsConfig(StrictModel):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (client certificate and its key)")
+        return self
+
+
+class MqttConfig(StrictModel):
+    host: str = Field("localhost", min_length=1)
+    port: int = Field(1883, ge=1, le=65535)
+    prefix: str = Field("d3ad", min_length=1)
+    device_id: str = Field("inspector-1", min_length=1, max_length=64)
+    tls: TlsConfig | None = None
+    username: str | None = None
+    password_file: Path | None = Field(None, description="file holding the password (first line)")
+    password_credential: str | None = Field(None, description="systemd credential name ($CREDENTIALS_DIRECTORY)")
+    keepalive: int = Field(30, ge=5, le=3600)
+    qos: Literal[1, 2] = Field(1, description="QoS of results; 1 or 2 (results must be acknowledged)")
+    reconnect_min_s: int = Field(1, ge=1)
+    reconnect_max_s: int = Field(30, ge=1)
+    inflight: int = Field(20, ge=1, le=1000, description="results handed to the client before acks are awaited")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_password(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "password" in data:
+            raise ValueError("password must not be written in the config; use password_file or password_credential")
+        return data
+
+    @model_validator(mode="after")
+    def _coherent(self) -> MqttConfig:
+        if _TOPIC_UNSAFE.search(self.prefix) or self.prefix.startswith("/") or self.prefix.endswith("/"):
+            raise ValueError(f"prefix {self.prefix!r} must not hold + # or NUL, nor start or end with /")
+        if _TOPIC_UNSAFE.search(self.device_id) or "/" in self.device_id:
+            raise ValueError(f"device_id {self.device_id!r} must not hold / + # or NUL")
+        if self.password_file is not None and self.password_credential is not None:
+            raise ValueError("give password_file or password_credential, not both")
+        if (self.password_file or self.password_credential) and not self.username:
+            raise ValueError("a password needs a username")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        return self
+
+
+class HeatmapConfig(StrictModel):
+    publish: Literal["all", "defects", "off"] = "defects"
+    jpeg_quality: int = Field(85, ge=10, le=100)
+
+
+class OutboxConfig(StrictModel):
+    max_rows: int = Field(100_000, ge=10, description="oldest results are dropped (and counted) beyond this")
+    max_age_s: float = Field(7 * 24 * 3600.0, gt=0.0, description="results older than this are dropped (counted)")
+
+
+class OpenVinoConfig(StrictModel):
+    threads: int | None = Field(None, ge=1)
+    cache_dir: Path | None = None
+    performance_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
+
+
+class ServiceConfig(StrictModel):
+    bundle: BundleConfig
+    state_dir: Path = Path("state")
+    camera: CameraConfig = CameraConfig()
+    mode: ModeConfig = ModeConfig()
+    mqtt: MqttConfig = MqttConfig()
+    heatmaps: HeatmapConfig = HeatmapConfig()
+    stats_interval_s: float = Field(10.0, gt=0.0)
+    outbox: OutboxConfig = OutboxConfig()
+    openvino: OpenVinoConfig = OpenVinoConfig()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+def describe_problem(problem: Any) -> str:
+    """One pydantic error as 'key.path: message (got value)'."""
+    location = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    value = problem.get("input")
+    if problem["type"] in ("missing", "model_type") or isinstance(value, (dict, list)):
+        return f"{location}: {message}"
+    shown = repr(value)
+    return f"{location}: {message} (got {shown[:77] + '...' if len(shown) > 80 else shown})"
+
+
+def parse_config(raw: Any, source: str) -> ServiceConfig:
+    """Validate a parsed YAML document; every problem is named by its key path in one ConfigError."""
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"(top level): expected a mapping of keys, got {type(raw).__name__}"])
+    try:
+        return ServiceConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(source, [describe_problem(problem) for problem in error.errors()]) from error
+
+
+def load_config(path: Path) -> ServiceConfig:
+    """Read and validate a runtime config file, then check that the files it names exist."""
+    source = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as error:
+        raise ConfigError(source, ["(file): does not exist"]) from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(source, [f"(file): cannot be read: {error}"]) from error
+    except yaml.YAMLError as error:
+        raise ConfigError(source, [f"(file): not valid YAML: {error}".replace("\n", " ")]) from error
+    config = parse_config(raw, source)
+    problems = file_problems(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def file_problems(config: ServiceConfig) -> list[str]:
+    """Files and folders the config names that are missing; checked before anything starts."""
+    wanted: list[tuple[str, Path | None, bool]] = [
+        ("bundle.slot", config.bundle.slot, True),
+        ("bundle.archive", config.bundle.archive, False),
+        ("mqtt.password_file", config.mqtt.password_file, False),
+    ]
+    wanted += [(f"bundle.trusted_keys.{i}", key, False) for i, key in enumerate(config.bundle.trusted_keys)]
+    if config.mqtt.tls is not None:
+        tls = config.mqtt.tls
+        wanted += [("mqtt.tls.ca_file", tls.ca_file, False), ("mqtt.tls.cert_file", tls.cert_file, False)]
+        wanted += [("mqtt.tls.key_file", tls.key_file, False)]
+    problems = []
+    for key, path, is_folder in wanted:
+        if path is None:
+            continue
+        if is_folder and not path.is_dir():
+            problems.append(f"{key}: folder {path} does not exist")
+        elif not is_folder and not path.is_file():
+            problems.append(f"{key}: file {path} does not exist")
+    return problems
+
+
+def summary(config: ServiceConfig) -> str:
+    """A few lines saying what the service will do with this config."""
+    mode = config.mode.kind
+    if mode == "continuous":
+        mode += f", {'every frame' if not config.mode.max_fps else f'at most {config.mode.max_fps:g} fps'}"
+    bundle = config.bundle.slot or config.bundle.archive
+    mqtt = config.mqtt
+    return "\n".join(
+        [
+            f"bundle:   {bundle}",
+            f"camera:   {config.camera.pipeline}",
+            f"mode:     {mode}",
+            f"mqtt:     {mqtt.host}:{mqtt.port}{' (TLS)' if mqtt.tls else ''}, topics {mqtt.prefix}/{mqtt.device_id}/",
+            f"heatmaps: {config.heatmaps.publish}",
+            f"state:    {config.state_dir}",
+        ]
+    )

@@ -1,0 +1,93 @@
+"""Runtime configs: strict, every problem named by its key path; `validate-config` and `run` explain them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edge_runtime.__main__ import main
+from edge_runtime.service.service_config import ConfigError, load_config, parse_config
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def write(path: Path, raw: object) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_shipped_configs_are_valid_apart_from_the_bundle_they_point_at():
+    for path in sorted((REPO_ROOT / "configs" / "runtime").glob("*.yaml")):
+        config = parse_config(yaml.safe_load(path.read_text()), str(path))
+        assert config.bundle.slot is not None
+
+
+def test_defaults_work_with_only_a_bundle(tmp_path):
+    config = parse_config({"bundle": {"slot": str(tmp_path)}}, "minimal")
+    assert config.mode.kind == "continuous" and config.mqtt.qos == 1 and config.heatmaps.publish == "defects"
+
+
+def test_validate_config_names_every_problem_by_key_path(tmp_path, capsys):
+    raw = {
+        "bundle": {"archive": str(tmp_path / "missing.tar")},
+        "camera": {"pipeline": "videotestsrc", "frame_timeout_s": -1, "zoom": 2},
+        "mode": {"kind": "sometimes"},
+        "mqtt": {"port": 70000, "device_id": "line/1", "password": "hunter2"},
+        "heatmaps": {"publish": "maybe"},
+        "outbox": {"max_rows": "many"},
+        "colour": "blue",
+    }
+    assert main(["validate-config", str(write(tmp_path / "bad.yaml", raw))]) == 2
+    err = capsys.readouterr().err
+    for expected in [
+        "bundle: Value error, archive needs at least one trusted_keys entry".removeprefix("bundle: Value error, "),
+        "camera.frame_timeout_s: Input should be greater than 0 (got -1)",
+        "camera.zoom: Extra inputs are not permitted",
+        "mode.kind: Input should be 'continuous' or 'triggered' (got 'sometimes')",
+        "mqtt: password must not be written in the config; use password_file or password_credential",
+        "heatmaps.publish: Input should be 'all', 'defects' or 'off' (got 'maybe')",
+        "outbox.max_rows: Input should be a valid integer",
+        "colour: Extra inputs are not permitted",
+    ]:
+        assert expected in err, f"{expected!r} missing from:\n{err}"
+    assert "hunter2" not in err, "a password written in the config is never echoed"
+
+
+def test_files_and_the_pipeline_are_checked_too(tmp_path, capsys):
+    raw = {"bundle": {"slot": str(tmp_path / "nowhere")}, "mqtt": {"username": "u", "password_file": "/no/pw"}}
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path / "files.yaml", raw))
+    assert error.value.problems == [
+        f"bundle.slot: folder {tmp_path / 'nowhere'} does not exist",
+        "mqtt.password_file: file /no/pw does not exist",
+    ]
+    raw = {"bundle": {"slot": str(tmp_path)}, "camera": {"pipeline": "videotestsrc ! nosuchfilter"}}
+    assert main(["validate-config", str(write(tmp_path / "pipe.yaml", raw))]) == 2
+    assert 'camera.pipeline: no element "nosuchfilter"' in capsys.readouterr().err
+
+
+def test_run_refuses_a_bad_config_with_the_same_explanation(tmp_path, capsys):
+    path = write(tmp_path / "bad.yaml", {"bundle": {"slot": str(tmp_path)}, "mode": {"max_fps": -3}})
+    assert main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "mode.max_fps: Input should be greater than or equal to 0 (got -3)" in err
+    assert "refusing to start" in err
+
+
+def test_unreadable_files_and_non_mappings_are_explained(tmp_path, capsys):
+    assert main(["validate-config", str(tmp_path / "absent.yaml")]) == 2
+    assert "(file): does not exist" in capsys.readouterr().err
+    (tmp_path / "broken.yaml").write_text("bundle: [unclosed\n")
+    assert main(["validate-config", str(tmp_path / "broken.yaml")]) == 2
+    assert "(file): not valid YAML" in capsys.readouterr().err
+    assert main(["validate-config", str(write(tmp_path / "list.yaml", [1, 2]))]) == 2
+    assert "(top level): expected a mapping" in capsys.readouterr().err
+
+
+def test_a_valid_config_gets_a_short_summary(tmp_path, capsys):
+    raw = {"bundle": {"slot": str(tmp_path)}, "mode": {"kind": "triggered"}, "mqtt": {"device_id": "cam-7"}}
+    assert main(["validate-config", str(write(tmp_path / "ok.yaml", raw))]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out and "triggered" in out and "d3ad/cam-7/" in out

@@ -1,0 +1,125 @@
+"""The service end to end, in-process: real GStreamer pipelines, a real mosquitto, the tiny real bundle."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import cv2
+import numpy as np
+
+FPS = 4  # recorded parts play at this rate; each frame's time stamp tells which file it was
+
+
+def test_recorded_parts_arrive_once_with_the_inspectors_verdicts(
+    broker, listen, make_config, run_service, recorded_parts, shared_inspector
+):
+    expected = [shared_inspector.inspect(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)) for p in recorded_parts]
+    folder = recorded_parts[0].parent
+    pipeline = f'multifilesrc location={folder}/part_%03d.png caps="image/png,framerate={FPS}/1" ! pngdec'
+    listener = listen(broker.port, "test")
+    # A long reconnect backoff: after the last file (end of stream) the recording must not replay in this test.
+    raw = make_config(
+        broker.port,
+        camera={"pipeline": pipeline, "reconnect_min_s": 60, "reconnect_max_s": 60},
+        mode={"max_fps": 0},
+        heatmaps={"publish": "defects"},
+    )
+    service = run_service(raw)
+    listener.wait_for(lambda: len(listener.payloads("/result")) >= len(recorded_parts), 30, "all parts")
+    listener.wait_for(lambda: service.outbox.depth() == 0, 10, "the outbox to drain")
+    time.sleep(0.5)
+
+    results = listener.payloads("/result")
+    assert len(results) == len(recorded_parts)
+    assert len({r["part_id"] for r in results}) == len(results)
+    by_file = {round(r["frame"]["pts_s"] * FPS): r for r in results}
+    assert sorted(by_file) == list(range(len(recorded_parts))), "every part exactly once"
+    height, width = cv2.imread(str(recorded_parts[0]), cv2.IMREAD_GRAYSCALE).shape
+    for index, result in by_file.items():
+        direct = expected[index]
+        assert result["verdict"] == ("defect" if direct.is_defect else "good")
+        assert np.isclose(result["score"], direct.score, rtol=1e-3, atol=1e-4)
+        assert result["threshold"] == round(shared_inspector.calibration.image_threshold, 6)
+        assert result["model_version"] == shared_inspector.model_version
+        assert result["part_id"].startswith(f"cam1-{service.boot_id}-")
+        assert (result["frame"]["width"], result["frame"]["height"]) == (width, height)
+        assert len(result["defects"]) == len(direct.regions)
+        for box in result["defects"]:  # scaled from the 64 px model back to the recorded frame
+            assert box["x"] >= 0 and box["x"] + box["w"] <= width + 1
+            assert box["y"] >= 0 and box["y"] + box["h"] <= height + 1
+    defects = [r["part_id"] for r in results if r["verdict"] == "defect"]
+    heatmaps = listener.raw("/heatmap/")
+    assert sorted(t.rsplit("/", 1)[1] for t, _ in heatmaps) == sorted(defects)
+    for _, jpeg in heatmaps:
+        assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) is not None
+
+    # The end of the recording is a lost camera, reported with its reason on the retained status topic.
+    listener.wait_for(lambda: any(s["state"] == "camera_lost" for s in listener.payloads("/status")), 10, "lost")
+    lost = [s for s in listener.payloads("/status") if s["state"] == "camera_lost"][-1]
+    assert "end of stream" in lost["last_error"]
+    assert listener.raw("/availability")[0][1] == b"online"
+
+
+def test_camera_that_ends_or_fails_is_reported_and_reconnected(broker, listen, make_config, run_service):
+    listener = listen(broker.port, "test")
+    ending = "videotestsrc num-buffers=5 ! video/x-raw,width=80,height=60,framerate=20/1"
+    service = run_service(make_config(broker.port, camera={"pipeline": ending}))
+    listener.wait_for(lambda: service.source.reconnects >= 2, 15, "two reconnects")
+    states = [s["state"] for s in listener.payloads("/status")]
+    assert "camera_lost" in states
+    assert "running" in states[states.index("camera_lost") :], "streaming again after the loss"
+    assert service.source.frames_in >= 10, "frames from more than one pipeline run"
+
+    service.stop()
+    failing = "filesrc location=/nonexistent/part.png ! pngdec"
+    broken = run_service(make_config(broker.port, camera={"pipeline": failing}, mqtt={"device_id": "cam2"}))
+    listener.wait_for(lambda: broken.source.reconnects >= 2, 15, "reconnect attempts of a failing source")
+    errors = [s["last_error"] for s in listener.payloads("cam2/status") if s["state"] == "camera_lost"]
+    assert errors and all("filesrc" in e for e in errors), errors
+
+
+def test_commands_malformed_ones_are_answered_with_errors(broker, listen, make_config, run_service):
+    listener = listen(broker.port, "test")
+    raw = make_config(broker.port, mode={"kind": "triggered"}, heatmaps={"publish": "all"})
+    service = run_service(raw)
+    listener.wait_for(lambda: service.source.frames_in > 0, 15, "frames")
+    base = "test/cam1/cmd/"
+    bad = [
+        ("trigger", b"{not json"),
+        ("trigger", b'{"part": "x"}'),
+        ("trigger", b'["P-1"]'),
+        ("trigger", b'{"part_id": "a/b#"}'),
+        ("explode", b"{}"),
+    ]
+    for name, payload in bad:
+        listener.publish(base + name, payload)
+    listener.publish(base + "trigger", json.dumps({"part_id": "P-1"}))
+    listener.wait_for(lambda: len(listener.payloads("/result")) == 1, 15, "the triggered result")
+    listener.publish(base + "pause", b"")
+    listener.publish(base + "trigger", json.dumps({"part_id": "P-2"}))
+    listener.publish(base + "resume", b"")
+    listener.publish(base + "status", b"")
+    listener.wait_for(lambda: len(listener.payloads("/reply")) >= len(bad) + 5, 10, "replies")
+
+    replies = listener.payloads("/reply")
+    refused = [r for r in replies if not r["ok"]]
+    reasons = [r["error"] for r in refused]
+    assert [r["command"] for r in refused] == ["trigger"] * 4 + ["explode", "trigger"]
+    assert "not valid JSON" in reasons[0] and refused[0]["payload"] == "{not json"
+    assert reasons[1] == "missing part_id"
+    assert "JSON object" in reasons[2]
+    assert "part_id must be" in reasons[3]
+    assert "unknown command 'explode'" in reasons[4]
+    assert "paused" in reasons[5]
+    assert {r["command"] for r in replies if r["ok"]} == {"trigger", "pause", "resume", "status"}
+
+    result = listener.payloads("/result")[0]
+    assert result["part_id"] == "P-1"
+    assert [t for t, _ in listener.raw("/heatmap/")] == ["test/cam1/heatmap/P-1"]
+    assert any(s["state"] == "paused" for s in listener.payloads("/status"))
+    assert listener.payloads("/status")[-1]["state"] == "running"
+    listener.wait_for(lambda: any(s["inspected"] for s in listener.payloads("/stats")), 5, "stats")
+    stats = listener.payloads("/stats")[-1]
+    assert stats["inspected"] == 1 and stats["outbox"]["depth"] == 0 and stats["frames_in"] > 0
+    assert service.source.dropped == 0, "unused frames between triggers are not drops"
