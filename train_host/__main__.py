@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from edge_runtime.bundle import BundleError
+from edge_runtime.bundle_errors import BundleError
 from train_host.config import ConfigError, load_config
 from train_host.dataset import DatasetError
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from edge_runtime.settings import StrictModel
 
@@ -94,19 +94,32 @@ class MqttConfig(StrictModel):
     reconnect_max_s: int = Field(30, ge=1)
     inflight: int = Field(20, ge=1, le=1000, description="results handed to the client before acks are awaited")
 
-    @model_validator(mode="before")
+    # Declared only to refuse it with a clear reason (and never echo it) while other keys are still checked.
+    password: None = Field(None, exclude=True, description="never allowed: use password_file or password_credential")
+
+    @field_validator("password", mode="before")
     @classmethod
-    def _no_inline_password(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "password" in data:
-            raise ValueError("password must not be written in the config; use password_file or password_credential")
-        return data
+    def _no_inline_password(cls, value: Any) -> None:
+        if value is not None:
+            raise ValueError("must not be written in the config; use password_file or password_credential")
+        return None
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_is_topic_safe(cls, value: str) -> str:
+        if _TOPIC_UNSAFE.search(value) or value.startswith("/") or value.endswith("/"):
+            raise ValueError("must not hold + # or NUL, nor start or end with /")
+        return value
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_is_one_level(cls, value: str) -> str:
+        if _TOPIC_UNSAFE.search(value) or "/" in value:
+            raise ValueError("must not hold / + # or NUL (it is one topic level)")
+        return value
 
     @model_validator(mode="after")
     def _coherent(self) -> MqttConfig:
-        if _TOPIC_UNSAFE.search(self.prefix) or self.prefix.startswith("/") or self.prefix.endswith("/"):
-            raise ValueError(f"prefix {self.prefix!r} must not hold + # or NUL, nor start or end with /")
-        if _TOPIC_UNSAFE.search(self.device_id) or "/" in self.device_id:
-            raise ValueError(f"device_id {self.device_id!r} must not hold / + # or NUL")
         if self.password_file is not None and self.password_credential is not None:
             raise ValueError("give password_file or password_credential, not both")
         if (self.password_file or self.password_credential) and not self.username:
@@ -150,7 +163,8 @@ def describe_problem(problem: Any) -> str:
     location = ".".join(str(part) for part in problem["loc"]) or "(top level)"
     message = str(problem["msg"]).removeprefix("Value error, ")
     value = problem.get("input")
-    if problem["type"] in ("missing", "model_type") or isinstance(value, (dict, list)):
+    secret = any("password" in str(part) for part in problem["loc"])
+    if secret or problem["type"] in ("missing", "model_type") or isinstance(value, (dict, list)):
         return f"{location}: {message}"
     shown = repr(value)
     return f"{location}: {message} (got {shown[:77] + '...' if len(shown) > 80 else shown})"
