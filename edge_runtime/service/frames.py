@@ -3,7 +3,10 @@ with bounded exponential backoff when the camera stops delivering."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +23,17 @@ CameraState = Literal["connecting", "streaming", "lost", "stopped"]
 _PULL_TIMEOUT_NS = 100_000_000  # how often the pull loop looks at the bus and the stop flag
 
 
+def _unwind_with_libgcc() -> None:
+    """Make libgcc's unwinder the one C++ libraries loaded later bind to. PyGObject opens libgstreamer (linked
+    to libunwind) with global symbols, so without this, C++ exceptions in OpenVINO or torch loaded afterwards
+    go through libunwind and abort the process (seen: OpenCV, then GStreamer, then an OpenVINO inference)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libgcc_s.so.1", mode=ctypes.RTLD_GLOBAL)
+
+
 def _gst():  # noqa: ANN202 - gi modules have no static types
+    _unwind_with_libgcc()
     import gi
 
     gi.require_version("Gst", "1.0")

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import queue
 import secrets
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -100,32 +101,35 @@ class Service:
     def run(self, stop_event: threading.Event | None = None) -> None:
         """Start everything, inspect until stopped, then shut down cleanly (results stay in the outbox)."""
         stop_event = stop_event or self._stop
-        config = self.config
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
         if self.inspector is None:
-            self.inspector = load_inspector(config)
+            self.inspector = load_inspector(self.config)
         self._warm_up()
-        self.outbox = Outbox(config.state_dir / OUTBOX_FILE, config.outbox.max_rows, config.outbox.max_age_s)
-        log.info("outbox holds %d unpublished result(s) from before", self.outbox.depth())
-        self.publisher = Publisher(config.mqtt, self.topics, self.outbox, self._on_message)
-        self.publisher.on_connected = self.publish_status
-        camera = config.camera
-        self.source = FrameSource(
-            camera.pipeline,
-            self.inspector.color,
-            camera.frame_timeout_s,
-            (camera.reconnect_min_s, camera.reconnect_max_s),
-            self._on_camera,
-        )
-        # In triggered mode frames are expected to go unused between triggers: not drops.
-        self.source.count_drops = config.mode.kind == "continuous"
         try:
+            self._open_parts()
+            assert self.publisher is not None and self.source is not None
             self.publisher.start()
             self.source.start()
             self.started.set()
             self._loop(lambda: stop_event.is_set() or self._stop.is_set())
         finally:
             self._shut_down()
+
+    def _open_parts(self) -> None:
+        """Outbox (re-read from disk), MQTT publisher and camera source; nothing is started yet."""
+        assert self.inspector is not None
+        config = self.config
+        self.outbox = Outbox(config.state_dir / OUTBOX_FILE, config.outbox.max_rows, config.outbox.max_age_s)
+        log.info("outbox holds %d unpublished result(s) from before", self.outbox.depth())
+        self.publisher = Publisher(config.mqtt, self.topics, self.outbox, self._on_message)
+        self.publisher.on_connected = self.publish_status
+        camera = config.camera
+        backoff = (camera.reconnect_min_s, camera.reconnect_max_s)
+        self.source = FrameSource(
+            camera.pipeline, self.inspector.color, camera.frame_timeout_s, backoff, self._on_camera
+        )
+        # In triggered mode frames are expected to go unused between triggers: not drops.
+        self.source.count_drops = config.mode.kind == "continuous"
 
     def _warm_up(self) -> None:
         """The first inference is slow; run the bundle's reference checks now, not on the first part."""
@@ -182,12 +186,22 @@ class Service:
             self.stats.errors += 1
             self._set_error(f"frame {frame.number} cannot be inspected: {error}")
             return
+        except Exception as error:  # an inference failure costs one part, not the all-day process
+            log.exception("inspecting frame %d failed", frame.number)
+            self.stats.errors += 1
+            self._set_error(f"inspection of frame {frame.number} failed: {error}")
+            return
         latency_ms = (time.monotonic() - frame.received) * 1000.0
         threshold = inspector.calibration.image_threshold
         shape, version = frame.image.shape, inspector.model_version
         payload = result_payload(part_id, result, shape, inspector.size, threshold, version, latency_ms, frame.pts_s)
         # Durable first: the row is on disk before anything is sent, and leaves only when the broker acked it.
-        self.outbox.add(part_id, self.topics.result, encode_json(payload))
+        try:
+            self.outbox.add(part_id, self.topics.result, encode_json(payload))
+        except sqlite3.Error as error:  # e.g. a full disk: report it and keep inspecting
+            self.stats.errors += 1
+            self._set_error(f"result {part_id} could not be stored in the outbox: {error}")
+            return
         self.publisher.wake()
         self.stats.record(latency_ms, result.is_defect)
         self._publish_heatmap(frame, part_id, result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -35,7 +36,9 @@ class Broker:
     def __init__(self, folder: Path, persistent: bool = False) -> None:
         self.port = free_port()
         self.config = folder / "mosquitto.conf"
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", f"persistence {str(persistent).lower()}"]
+        # `user`: mosquitto started as root would otherwise switch to `mosquitto` and not read the temp folder.
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", f"user {getpass.getuser()}"]
+        lines.append(f"persistence {str(persistent).lower()}")
         if persistent:
             lines.append(f"persistence_location {folder}/")
         self.config.write_text("\n".join(lines) + "\n")
@@ -67,6 +70,20 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def new_broker(tmp_path: Path) -> Iterator:
+    """Make (not start) brokers whose config a test may rewrite, e.g. for TLS; all stopped afterwards."""
+    made: list[Broker] = []
+
+    def make(persistent: bool = False) -> Broker:
+        made.append(Broker(tmp_path, persistent))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.stop()
 
 
 @pytest.fixture
@@ -219,11 +236,3 @@ def run_service(shared_inspector):
         service.stop()
         thread.join(timeout=20)
         assert not thread.is_alive(), "service did not stop"
-
-
-# DEV-ONLY-REMOVE
-if os.environ.get("D3AD_DEV_SLOT"):
-
-    @pytest.fixture(scope="session")
-    def slot() -> Path:
-        return Path(os.environ["D3AD_DEV_SLOT"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -98,3 +99,26 @@ def test_password_comes_from_a_file_or_a_systemd_credential(tmp_path, monkeypatc
     with pytest.raises(CredentialError, match="CREDENTIALS_DIRECTORY"):
         read_password(MqttConfig(username="u", password_credential="pw"))
     assert read_password(MqttConfig()) is None
+
+
+def test_frame_source_keeps_the_newest_frame_and_counts_the_ones_a_slow_consumer_missed():
+    from edge_runtime.service.frames import FrameSource
+
+    events = []
+    pipeline = "videotestsrc is-live=true ! video/x-raw,width=100,height=50,framerate=50/1"
+    source = FrameSource(pipeline, "gray", 2.0, (0.1, 0.5), events.append)
+    source.start()
+    try:
+        taken = []
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            frame = source.take(timeout=1.0)
+            if frame is not None:
+                taken.append(frame)
+                time.sleep(0.1)  # a slow inspection
+    finally:
+        source.stop()
+    assert taken and taken[0].image.shape == (50, 100) and taken[0].image.dtype == np.uint8
+    assert [f.number for f in taken] == sorted(f.number for f in taken)
+    assert source.dropped >= source.frames_in - len(taken) - 1 > 0
+    assert [e.state for e in events] == ["connecting", "streaming", "stopped"]

@@ -8,7 +8,7 @@ import time
 import cv2
 import numpy as np
 
-FPS = 4  # recorded parts play at this rate; each frame's time stamp tells which file it was
+FPS = 2  # recorded parts play at this rate; each frame's time stamp tells which file it was
 
 
 def test_recorded_parts_arrive_once_with_the_inspectors_verdicts(
@@ -77,6 +77,14 @@ def test_camera_that_ends_or_fails_is_reported_and_reconnected(broker, listen, m
     listener.wait_for(lambda: broken.source.reconnects >= 2, 15, "reconnect attempts of a failing source")
     errors = [s["last_error"] for s in listener.payloads("cam2/status") if s["state"] == "camera_lost"]
     assert errors and all("filesrc" in e for e in errors), errors
+
+    broken.stop()
+    silent = "videotestsrc is-live=true ! video/x-raw,width=80,height=60,framerate=1/60"  # one frame, then none
+    camera = {"pipeline": silent, "frame_timeout_s": 0.5}
+    stalled = run_service(make_config(broker.port, camera=camera, mqtt={"device_id": "cam3"}))
+    listener.wait_for(lambda: stalled.source.reconnects >= 1, 15, "the stalled camera to be reconnected")
+    errors = [s["last_error"] for s in listener.payloads("cam3/status") if s["state"] == "camera_lost"]
+    assert errors and errors[0] == "camera lost: no frame for 0.5 s", errors
 
 
 def test_commands_malformed_ones_are_answered_with_errors(broker, listen, make_config, run_service):
