@@ -36,7 +36,7 @@ lint: setup
 test: setup lint
 	$(PY) -m pytest -q
 
-# Until the edge service lands: train a small model on a real set, then evaluate it.
+# Train a small model on a real set (magnetic tile, 128 px, a few minutes), then evaluate it.
 demo: setup
 	$(PY) -m train_host train --config configs/train/demo.yaml --out runs/demo --fresh
 
