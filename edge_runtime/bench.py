@@ -12,10 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.preprocess import read_image_file
+from edge_runtime.preprocess import IMAGE_SUFFIXES, read_image_file
 from edge_runtime.results import InspectionResult
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)

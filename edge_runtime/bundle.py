@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from edge_runtime.bundle_errors import BundleError, KeyFileError
+from edge_runtime.bundle_errors import BundleError, KeyFileError, read_key_file
 from edge_runtime.manifest import MANIFEST_NAME, RESERVED_NAMES, SIGNATURE_NAME, Manifest, path_problem
 
 __all__ = [
@@ -51,12 +51,7 @@ def load_trusted_keys(paths: Sequence[Path]) -> list[Ed25519PublicKey]:
     """Read PEM (SubjectPublicKeyInfo) Ed25519 public keys; any unusable file is an error naming it."""
     keys: list[Ed25519PublicKey] = []
     for path in map(Path, paths):
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError as error:
-            raise KeyFileError(f"trusted key file {path} does not exist") from error
-        except OSError as error:
-            raise KeyFileError(f"trusted key file {path} cannot be read: {error.strerror or error}") from error
+        data = read_key_file(path, "trusted key")
         try:
             key = load_pem_public_key(data)
         except (ValueError, UnsupportedAlgorithm) as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, get_args
 
 BundleErrorReason = Literal[
@@ -35,3 +36,13 @@ class BundleError(Exception):
 
 class KeyFileError(ValueError):
     """A key file that is missing or does not hold the expected Ed25519 key."""
+
+
+def read_key_file(path: Path, role: str) -> bytes:
+    """The bytes of a key file; a missing or unreadable file is a KeyFileError naming it and its role."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as error:
+        raise KeyFileError(f"{role} file {path} does not exist") from error
+    except OSError as error:
+        raise KeyFileError(f"{role} file {path} cannot be read: {error.strerror or error}") from error

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 ColorMode = Literal["gray", "rgb"]
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
 
 class FrameError(ValueError):

@@ -9,7 +9,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_runtime.bundle_errors import KeyFileError
+from edge_runtime.bundle_errors import KeyFileError, read_key_file
 
 __all__ = ["KeyFileError", "generate_keypair", "load_private_key", "sign"]
 
@@ -40,12 +40,7 @@ def generate_keypair(private_path: Path, public_path: Path) -> None:
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """Read an unencrypted PEM Ed25519 private key; anything else is an error naming the file."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as error:
-        raise KeyFileError(f"private key file {path} does not exist") from error
-    except OSError as error:
-        raise KeyFileError(f"private key file {path} cannot be read: {error.strerror or error}") from error
+    data = read_key_file(path, "private key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as error:

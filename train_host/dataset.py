@@ -8,9 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_runtime.preprocess import ColorMode, FrameError, preprocess, read_image_file
+from edge_runtime.preprocess import IMAGE_SUFFIXES, ColorMode, FrameError, preprocess, read_image_file
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 GOOD = "good"
 
 
