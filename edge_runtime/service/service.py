@@ -9,6 +9,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from edge_runtime.bundle import install_bundle, load_installed, load_trusted_key
 from edge_runtime.inspector import Inspector
 from edge_runtime.openvino_networks import RuntimeOptions
 from edge_runtime.preprocess import FrameError, to_uint8_image
+from edge_runtime.results import InspectionResult
 from edge_runtime.service.commands import CommandError, CommandRegistry, part_id_of
 from edge_runtime.service.frames import CameraEvent, Frame, FrameSource
 from edge_runtime.service.messages import encode_json, heatmap_jpeg, result_payload, utc_now
@@ -30,6 +32,18 @@ log = logging.getLogger(__name__)
 
 OUTBOX_FILE = "outbox.sqlite"
 _IDLE_WAIT_S = 0.2  # how long the frame loop blocks before looking at stop, stats and pause again
+
+
+@dataclass(frozen=True)
+class InspectedPart:
+    """One part that went through the inspector and into the outbox; handed to every result listener."""
+
+    part_id: str
+    frame: Frame
+    result: InspectionResult
+    latency_ms: float
+    payload: dict[str, Any]  # the JSON published on `result`
+    inspector: Inspector  # the model that judged it (models can be swapped between frames)
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,11 @@ class Service:
         self.commands.register("pause", self._cmd_pause)
         self.commands.register("resume", self._cmd_resume)
         self.commands.register("status", self._cmd_status)
+        # Observers (operator view, systemd notifier) plug in here; the frame loop does not know them.
+        # Result listeners run in the frame thread after each part is stored, tick listeners every loop turn
+        # (at least every 0.2 s); both must be quick and must not raise.
+        self.result_listeners: list[Callable[[InspectedPart], None]] = []
+        self.tick_listeners: list[Callable[[], None]] = []
         self.started = threading.Event()
         self._paused = threading.Event()
         self._stop = threading.Event()
@@ -148,6 +167,7 @@ class Service:
         min_interval = 1.0 / self.config.mode.max_fps if self.config.mode.max_fps else 0.0
         assert self.source is not None
         while not stopping():
+            self._notify(self.tick_listeners)
             if time.monotonic() >= next_stats:
                 self.publish_stats()
                 next_stats = time.monotonic() + self.config.stats_interval_s
@@ -205,8 +225,18 @@ class Service:
         self.publisher.wake()
         self.stats.record(latency_ms, result.is_defect)
         self._publish_heatmap(frame, part_id, result)
+        part = InspectedPart(part_id, frame, result, latency_ms, payload, inspector)
+        self._notify(self.result_listeners, part)
 
-    def _publish_heatmap(self, frame: Frame, part_id: str, result) -> None:  # noqa: ANN001 - InspectionResult
+    @staticmethod
+    def _notify(listeners: list[Callable[..., None]], *args: Any) -> None:
+        for listener in listeners:
+            try:
+                listener(*args)
+            except Exception:  # an observer's bug must not cost a part
+                log.exception("listener %r failed", listener)
+
+    def _publish_heatmap(self, frame: Frame, part_id: str, result: InspectionResult) -> None:
         assert self.inspector is not None and self.publisher is not None
         wanted = self.config.heatmaps.publish
         if wanted == "off" or (wanted == "defects" and not result.is_defect) or not self.publisher.connected.is_set():
