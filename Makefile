@@ -10,9 +10,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # builds against, and the GL/GLib libraries opencv-python loads.
 APT_PACKAGES := python3-venv python3-dev pkg-config libgirepository1.0-dev libcairo2-dev \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-	gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 mosquitto libgl1 libglib2.0-0
+	gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 mosquitto libgl1 libglib2.0-0 chromium
 
-.PHONY: setup system-packages test lint demo bench clean
+.PHONY: setup system-packages test lint demo bench clean install-service
 
 setup: system-packages $(VENV)/.installed
 
@@ -56,6 +56,11 @@ bench: setup
 			--images $(BENCH_IMAGES) --out $(BENCH_OUT)/openvino-$$p.json || exit 1; \
 	done
 	$(PY) -m train_host bench --run $(BENCH_RUN) --images $(BENCH_IMAGES) --out $(BENCH_OUT)/torch-fp32.json
+
+# On the device, once and as root: the systemd service d3ad-inspector (code and a venv without torch in
+# /opt/d3ad-inspector, the unit, /etc/d3ad-inspector/inspector.yaml); systemd/README.md says what comes next.
+install-service:
+	PYTHON=$(PYTHON) $(SHELL) systemd/install-service.sh $(INSTALL_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs/demo

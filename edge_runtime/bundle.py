@@ -31,6 +31,8 @@ __all__ = [
 
 SIGNATURE_BYTES = 64
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# Unpacked size is bounded separately from the download: a small compressed archive can expand enormously.
+DEFAULT_MAX_UNPACKED_BYTES = 8 * 1024**3
 _CHUNK_BYTES = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
@@ -62,11 +64,14 @@ def load_trusted_keys(paths: Sequence[Path]) -> list[Ed25519PublicKey]:
     return keys
 
 
-def verify_bundle(archive: Path, trusted_keys: Sequence[Ed25519PublicKey]) -> VerifiedBundle:
-    """Check member safety, signature, manifest and every hash while reading the archive; nothing is written."""
+def verify_bundle(
+    archive: Path, trusted_keys: Sequence[Ed25519PublicKey], max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES
+) -> VerifiedBundle:
+    """Check member safety, size, signature, manifest and every hash while reading the archive; nothing is written."""
     archive = Path(archive)
     with _open_archive(archive) as tar:
         members = _safe_members(tar, archive)
+        _check_unpacked_size(members, max_unpacked_bytes, archive)
         manifest_bytes, signature = _read_manifest_and_signature(tar, members, archive)
         _check_signature(manifest_bytes, signature, trusted_keys, f"bundle {archive.name}")
         manifest = Manifest.parse(manifest_bytes)
@@ -77,11 +82,16 @@ def verify_bundle(archive: Path, trusted_keys: Sequence[Ed25519PublicKey]) -> Ve
     return VerifiedBundle(archive=archive, manifest=manifest, manifest_bytes=manifest_bytes, signature=signature)
 
 
-def install_bundle(archive: Path, trusted_keys: Sequence[Ed25519PublicKey], slot_dir: Path) -> Manifest:
+def install_bundle(
+    archive: Path,
+    trusted_keys: Sequence[Ed25519PublicKey],
+    slot_dir: Path,
+    max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
+) -> Manifest:
     """Verify, then extract into a hidden sibling of `slot_dir` and rename it into place."""
     slot_dir = Path(slot_dir)
     _check_slot_free(slot_dir)
-    verified = verify_bundle(archive, trusted_keys)
+    verified = verify_bundle(archive, trusted_keys, max_unpacked_bytes)
     slot_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{slot_dir.name}.installing-", dir=slot_dir.parent))
     try:
@@ -95,7 +105,7 @@ def install_bundle(archive: Path, trusted_keys: Sequence[Ed25519PublicKey], slot
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _sync_directory(slot_dir.parent)
+    sync_directory(slot_dir.parent)
     return verified.manifest
 
 
@@ -161,6 +171,13 @@ def _safe_members(tar: tarfile.TarFile, archive: Path) -> dict[str, tarfile.TarI
         if not member.isdir():
             files[name] = member
     return files
+
+
+def _check_unpacked_size(members: dict[str, tarfile.TarInfo], max_bytes: int, archive: Path) -> None:
+    """Member sizes come from the headers; extraction never writes more than a header declares."""
+    total = sum(member.size for member in members.values())
+    if total > max_bytes:
+        raise BundleError("too_large", f"bundle {archive.name} unpacks to {total} bytes, over the {max_bytes} limit")
 
 
 def _iterate_members(tar: tarfile.TarFile, archive: Path) -> Iterator[tarfile.TarInfo]:
@@ -311,7 +328,7 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(out.fileno())
 
 
-def _sync_directory(path: Path) -> None:
+def sync_directory(path: Path) -> None:
     """Persist a rename across power loss; directories cannot be opened for syncing on Windows."""
     if os.name != "posix":
         return

@@ -15,6 +15,7 @@ BundleErrorReason = Literal[
     "missing_file",
     "extra_file",
     "hash_mismatch",
+    "too_large",
 ]
 BUNDLE_ERROR_REASONS: frozenset[str] = frozenset(get_args(BundleErrorReason))
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 # Quality of service and retain flag of each outgoing topic; results take the configured QoS.
 AVAILABILITY_QOS, AVAILABILITY_RETAIN = 1, True
 STATUS_QOS, STATUS_RETAIN = 1, True
+MODEL_QOS, MODEL_RETAIN = 1, True
 STATS_QOS = 0
 HEATMAP_QOS = 0
 REPLY_QOS = 1
@@ -33,6 +34,11 @@ class Topics:
     @property
     def status(self) -> str:
         return f"{self.base}/status"
+
+    @property
+    def model(self) -> str:
+        """Installed and active model versions, update progress and the last update's outcome (retained)."""
+        return f"{self.base}/model"
 
     @property
     def stats(self) -> str:

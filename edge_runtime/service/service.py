@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import secrets
@@ -11,26 +10,40 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from edge_runtime.bundle import install_bundle, load_installed, load_trusted_keys
+from edge_runtime.bundle import load_trusted_keys
 from edge_runtime.inspector import Inspector
 from edge_runtime.openvino_networks import RuntimeOptions
 from edge_runtime.preprocess import FrameError, to_uint8_image
 from edge_runtime.results import InspectionResult
 from edge_runtime.service.commands import CommandError, CommandRegistry, part_id_of
+from edge_runtime.service.download import DownloadLimits
 from edge_runtime.service.frames import CameraEvent, Frame, FrameSource
 from edge_runtime.service.messages import encode_json, heatmap_jpeg, result_payload, utc_now
-from edge_runtime.service.mqtt_topics import HEATMAP_QOS, REPLY_QOS, STATS_QOS, STATUS_QOS, STATUS_RETAIN, Topics
+from edge_runtime.service.model_store import ModelState, ModelStore, StateFileError
+from edge_runtime.service.model_updates import ModelUpdater, load_startup_model
+from edge_runtime.service.mqtt_topics import (
+    HEATMAP_QOS,
+    MODEL_QOS,
+    MODEL_RETAIN,
+    REPLY_QOS,
+    STATS_QOS,
+    STATUS_QOS,
+    STATUS_RETAIN,
+    Topics,
+)
+from edge_runtime.service.operator_view import OperatorView
 from edge_runtime.service.outbox import Outbox
 from edge_runtime.service.publisher import Publisher
 from edge_runtime.service.service_config import ServiceConfig
 from edge_runtime.service.stats import Stats
+from edge_runtime.service.systemd_notify import SystemdLink, attach_systemd
 
 log = logging.getLogger(__name__)
 
 OUTBOX_FILE = "outbox.sqlite"
+MODELS_FOLDER = "models"
 _IDLE_WAIT_S = 0.2  # how long the frame loop blocks before looking at stop, stats and pause again
 
 
@@ -57,28 +70,11 @@ def new_boot_id() -> str:
     return f"{int(time.time()):x}{secrets.token_hex(2)}"
 
 
-def slot_for_archive(archive: Path, state_dir: Path) -> Path:
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
-    return state_dir / "slots" / digest
-
-
-def load_inspector(config: ServiceConfig) -> Inspector:
-    """The configured bundle: an installed slot, or an archive verified and installed once into the state dir."""
-    options = RuntimeOptions(
-        performance_hint=config.openvino.performance_hint,
-        threads=config.openvino.threads,
-        cache_dir=config.openvino.cache_dir,
+def runtime_options(config: ServiceConfig) -> RuntimeOptions:
+    openvino = config.openvino
+    return RuntimeOptions(
+        performance_hint=openvino.performance_hint, threads=openvino.threads, cache_dir=openvino.cache_dir
     )
-    bundle = config.bundle
-    if bundle.slot is not None:
-        return Inspector.from_slot(bundle.slot, options)
-    assert bundle.archive is not None
-    keys = load_trusted_keys(bundle.trusted_keys)
-    slot = slot_for_archive(bundle.archive, config.state_dir)
-    if not slot.is_dir():
-        log.info("installing %s into %s", bundle.archive, slot)
-        install_bundle(bundle.archive, keys, slot)
-    return Inspector(load_installed(slot, keys), slot, options)
 
 
 class Service:
@@ -93,6 +89,9 @@ class Service:
         self.last_error: str | None = None
         self.produced = 0
         self.inspector = inspector
+        self.store = ModelStore(config.state_dir / MODELS_FOLDER)
+        self.updater: ModelUpdater | None = None
+        self._incoming_inspector: Inspector | None = None  # handed over by an update, adopted between frames
         self.outbox: Outbox | None = None
         self.publisher: Publisher | None = None
         self.source: FrameSource | None = None
@@ -101,11 +100,15 @@ class Service:
         self.commands.register("pause", self._cmd_pause)
         self.commands.register("resume", self._cmd_resume)
         self.commands.register("status", self._cmd_status)
+        self.commands.register("install", lambda body: self._updater().command_install(body))
+        self.commands.register("rollback", lambda body: self._updater().command_rollback(body))
         # Observers (operator view, systemd notifier) plug in here; the frame loop does not know them.
         # Result listeners run in the frame thread after each part is stored, tick listeners every loop turn
         # (at least every 0.2 s); both must be quick and must not raise.
         self.result_listeners: list[Callable[[InspectedPart], None]] = []
         self.tick_listeners: list[Callable[[], None]] = []
+        self.operator_view: OperatorView | None = None  # started by run() when config.operator_view.enabled
+        self.systemd: SystemdLink | None = None  # READY, WATCHDOG and STATUS when run by systemd
         self.started = threading.Event()
         self._paused = threading.Event()
         self._stop = threading.Event()
@@ -120,10 +123,11 @@ class Service:
     def run(self, stop_event: threading.Event | None = None) -> None:
         """Start everything, inspect until stopped, then shut down cleanly (results stay in the outbox)."""
         stop_event = stop_event or self._stop
+        self.systemd = attach_systemd(self)  # None outside systemd; READY once the first part is inspected
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        if self.inspector is None:
-            self.inspector = load_inspector(self.config)
+        self._load_models()
         self._warm_up()
+        self._start_operator_view()
         try:
             self._open_parts()
             assert self.publisher is not None and self.source is not None
@@ -134,6 +138,49 @@ class Service:
         finally:
             self._shut_down()
 
+    def _load_models(self) -> None:
+        """The model to run (from the model store, or the configured bundle) and the updater that changes it."""
+        keys = load_trusted_keys(self.config.bundle.trusted_keys)
+        options = runtime_options(self.config)
+        if self.inspector is None:
+            startup = load_startup_model(self.config.bundle, self.store, keys, options)
+            self.inspector, state = startup.inspector, startup.state
+        else:  # an inspector handed in (tests, tools): the store only records what updates do
+            try:
+                state = self.store.read()
+            except StateFileError:
+                state = ModelState()
+        updates = self.config.updates
+        limits = DownloadLimits(
+            updates.max_bundle_bytes,
+            updates.download_timeout_s,
+            updates.download_attempts,
+            updates.ca_file,
+            updates.max_unpacked_bytes,
+        )
+        self.updater = ModelUpdater(
+            self.store, state, keys, options, limits, self._hand_over_model, self.publish_model_state, self._reply
+        )
+
+    def _updater(self) -> ModelUpdater:
+        if self.updater is None or not self.config.updates.enabled:
+            raise CommandError("model updates are turned off on this device (updates.enabled)")
+        return self.updater
+
+    def _hand_over_model(self, inspector: Inspector) -> None:
+        self._incoming_inspector = inspector
+
+    def _adopt_incoming_model(self) -> None:
+        """Between two frames: the next frame is inspected by the new model, none is skipped."""
+        incoming, self._incoming_inspector = self._incoming_inspector, None
+        if incoming is None:
+            return
+        old = self.inspector
+        self.inspector = incoming
+        log.info("now inspecting with model %s (was %s)", incoming.model_version, old and old.model_version)
+        self.publish_status()
+        self.publish_model_state()
+
     def _open_parts(self) -> None:
         """Outbox (re-read from disk), MQTT publisher and camera source; nothing is started yet."""
         assert self.inspector is not None
@@ -141,7 +188,7 @@ class Service:
         self.outbox = Outbox(config.state_dir / OUTBOX_FILE, config.outbox.max_rows, config.outbox.max_age_s)
         log.info("outbox holds %d unpublished result(s) from before", self.outbox.depth())
         self.publisher = Publisher(config.mqtt, self.topics, self.outbox, self._on_message)
-        self.publisher.on_connected = self.publish_status
+        self.publisher.on_connected = self._publish_retained
         camera = config.camera
         backoff = (camera.reconnect_min_s, camera.reconnect_max_s)
         self.source = FrameSource(
@@ -160,6 +207,24 @@ class Service:
             )
             log.error("bundle health check failed: %s", self.last_error)
 
+    def _start_operator_view(self) -> None:
+        """The local web page, /metrics and /healthz; a port that cannot be bound costs the view, not inspection."""
+        if not self.config.operator_view.enabled:
+            return
+        view = OperatorView(self, self.config.operator_view)
+        try:
+            view.start()
+        except OSError as error:
+            where = f"{self.config.operator_view.host}:{self.config.operator_view.port}"
+            self.last_error = f"operator view cannot listen on {where}: {error}"
+            log.error(self.last_error)
+            return
+        self.operator_view = view
+
+    def _stop_operator_view(self) -> None:
+        if self.operator_view is not None:
+            self.operator_view.stop()
+
     def _loop(self, stopping) -> None:  # noqa: ANN001 - a zero-argument predicate
         next_stats = time.monotonic() + self.config.stats_interval_s
         next_frame_due = 0.0
@@ -167,6 +232,7 @@ class Service:
         min_interval = 1.0 / self.config.mode.max_fps if self.config.mode.max_fps else 0.0
         assert self.source is not None
         while not stopping():
+            self._adopt_incoming_model()
             self._notify(self.tick_listeners)
             if time.monotonic() >= next_stats:
                 self.publish_stats()
@@ -248,6 +314,9 @@ class Service:
 
     def _shut_down(self) -> None:
         self.state = "stopping"
+        self._stop_operator_view()  # first: it reads the outbox, which is closed below
+        if self.systemd is not None:
+            self.systemd.stopping()
         if self.source is not None:
             self.source.stop()
         if self.publisher is not None:
@@ -291,6 +360,15 @@ class Service:
             "boot_id": self.boot_id,
             "time": utc_now(),
         }
+
+    def _publish_retained(self) -> None:
+        self.publish_status()
+        self.publish_model_state()
+
+    def publish_model_state(self) -> None:
+        if self.publisher is not None and self.updater is not None:
+            payload = encode_json(self.updater.state_payload())
+            self.publisher.send(self.topics.model, payload, MODEL_QOS, MODEL_RETAIN)
 
     def publish_status(self) -> None:
         if self.publisher is not None:

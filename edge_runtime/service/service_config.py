@@ -145,6 +145,31 @@ class OpenVinoConfig(StrictModel):
     performance_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
 
 
+class UpdatesConfig(StrictModel):
+    """Remote model updates (`cmd/install`, `cmd/rollback`); bundles are verified with bundle.trusted_keys."""
+
+    enabled: bool = True
+    max_bundle_bytes: int = Field(2 * 1024**3, ge=1024, description="larger downloads are refused")
+    max_unpacked_bytes: int = Field(8 * 1024**3, ge=1024, description="bundles that unpack to more are refused")
+    download_timeout_s: float = Field(900.0, gt=0.0, description="for the whole download, retries included")
+    download_attempts: int = Field(5, ge=1, le=100, description="tries; each resumes where the last one broke off")
+    ca_file: Path | None = Field(None, description="CA bundle for https downloads (default: the system's)")
+
+
+class OperatorViewConfig(StrictModel):
+    """Local web page with the live overlay, plus /metrics and /healthz; no authentication, so localhost only
+    unless a reverse proxy guards it."""
+
+    enabled: bool = False
+    host: str = Field("127.0.0.1", min_length=1, description="address to listen on; 0.0.0.0 opens it to the LAN")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port; 0 picks any free port")
+    recent_parts: int = Field(20, ge=1, le=500, description="verdicts listed on the page")
+    refresh_s: float = Field(0.5, ge=0.1, le=60.0, description="how often the page asks for new state")
+    healthz_stale_s: float = Field(
+        10.0, gt=0.0, description="/healthz fails when the frame loop has not turned for this long"
+    )
+
+
 class ServiceConfig(StrictModel):
     bundle: BundleConfig
     state_dir: Path = Path("state")
@@ -155,6 +180,8 @@ class ServiceConfig(StrictModel):
     stats_interval_s: float = Field(10.0, gt=0.0)
     outbox: OutboxConfig = OutboxConfig()
     openvino: OpenVinoConfig = OpenVinoConfig()
+    updates: UpdatesConfig = UpdatesConfig()
+    operator_view: OperatorViewConfig = OperatorViewConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
@@ -204,6 +231,7 @@ def file_problems(config: ServiceConfig) -> list[str]:
         ("bundle.slot", config.bundle.slot, True),
         ("bundle.archive", config.bundle.archive, False),
         ("mqtt.password_file", config.mqtt.password_file, False),
+        ("updates.ca_file", config.updates.ca_file, False),
     ]
     wanted += [(f"bundle.trusted_keys.{i}", key, False) for i, key in enumerate(config.bundle.trusted_keys)]
     if config.mqtt.tls is not None:

@@ -329,6 +329,17 @@ def test_extra_file(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
     assert "models/backdoor.py" in reject(archive, keys, "extra_file")
 
 
+def test_bundle_that_unpacks_beyond_the_limit(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    payload = {**PAYLOAD, "models/encoder.bin": bytes(64 * 1024)}  # compresses to almost nothing
+    manifest = encode(manifest_dict(payload))
+    archive = write_archive(tmp_path / "big.tar.gz", key, payload=payload, manifest=manifest, mode="w:gz")
+    with pytest.raises(BundleError) as caught:
+        install_bundle(archive, keys, tmp_path / "slot", max_unpacked_bytes=32 * 1024)
+    assert caught.value.reason == "too_large" and "over the 32768 limit" in str(caught.value)
+    assert not (tmp_path / "slot").exists()
+    assert verify_bundle(archive, keys).manifest is not None, "the default limit takes it"
+
+
 # Manifest schema
 
 
@@ -468,8 +479,8 @@ def test_archive_swapped_after_verification_is_caught_while_extracting(
 ) -> None:
     real_verify = bundle_module.verify_bundle
 
-    def verify_then_swap(archive: Path, trusted: list) -> bundle_module.VerifiedBundle:
-        verified = real_verify(archive, trusted)
+    def verify_then_swap(archive: Path, trusted: list, max_unpacked_bytes: int) -> bundle_module.VerifiedBundle:
+        verified = real_verify(archive, trusted, max_unpacked_bytes)
         write_archive(archive, key, payload={**PAYLOAD, "models/encoder.xml": b"<evil/>"})
         return verified
 

@@ -236,3 +236,89 @@ def run_service(shared_inspector):
         service.stop()
         thread.join(timeout=20)
         assert not thread.is_alive(), "service did not stop"
+
+
+class BundleServer:
+    """A local HTTP file server for bundles, with byte ranges; `cut_next` makes the next response break off
+    halfway, as a flaky plant network would."""
+
+    def __init__(self, folder: Path) -> None:
+        from http.server import ThreadingHTTPServer
+
+        self.folder = folder
+        self.cut_next = 0
+        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/{name}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler_class(self):  # noqa: ANN202
+        from http.server import BaseHTTPRequestHandler
+
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # noqa: ANN002
+                pass
+
+            def do_GET(self) -> None:
+                owner.requests.append((self.path, self.headers.get("Range")))
+                path = owner.folder / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404, "no such bundle")
+                    return
+                data = path.read_bytes()
+                start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:]
+                if owner.cut_next:
+                    owner.cut_next -= 1
+                    body = body[: len(body) // 2]  # the declared length is not reached: the client sees a cut
+                self.wfile.write(body)
+                self.wfile.flush()
+                self.close_connection = True
+
+        return Handler
+
+
+@pytest.fixture
+def bundle_server(tmp_path: Path) -> Iterator[BundleServer]:
+    folder = tmp_path / "served"
+    folder.mkdir()
+    server = BundleServer(folder)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def repack():
+    return repack_bundle
+
+
+def repack_bundle(slot: Path, out: Path, private_key_file: Path, version: str, edit=None) -> Path:  # noqa: ANN001
+    """The installed bundle in `slot` packed again as `version` and signed; `edit(manifest_dict)` may change
+    the manifest first (e.g. reference scores)."""
+    from edge_runtime.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
+    from export.packing import write_bundle
+    from export.signing import load_private_key
+
+    staging = out.parent / f"{out.stem}-staging"
+    shutil.copytree(slot, staging, ignore=shutil.ignore_patterns(MANIFEST_NAME, SIGNATURE_NAME))
+    fields = Manifest.parse((slot / MANIFEST_NAME).read_bytes()).model_dump()
+    fields.update(model_version=version, files={})
+    if edit is not None:
+        edit(fields)
+    write_bundle(staging, Manifest.model_validate(fields), out, load_private_key(private_key_file))
+    shutil.rmtree(staging)
+    return out

@@ -94,16 +94,3 @@ def test_tls_client_certificate_and_credential_password(tmp_path, new_broker, ma
     finally:
         listener.loop_stop()
         listener.disconnect()
-
-
-def test_signed_archive_is_installed_once_into_the_state_dir(bundle, keys, tmp_path):
-    from edge_runtime.service.service import load_inspector
-    from edge_runtime.service.service_config import parse_config
-
-    archive, manifest = bundle
-    raw = {"bundle": {"archive": str(archive), "trusted_keys": [str(keys[1])]}, "state_dir": str(tmp_path)}
-    config = parse_config(raw, "archive config")
-    first = load_inspector(config)
-    slots = list((tmp_path / "slots").iterdir())
-    assert len(slots) == 1 and first.model_version == manifest.model_version
-    assert load_inspector(config).slot == slots[0], "the second start reuses the installed slot"

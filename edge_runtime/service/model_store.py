@@ -1,0 +1,158 @@
+"""Installed models on the device: one slot folder per bundle, and which one is active, kept on disk.
+
+Layout under `<state_dir>/models/`: `state.json` (active and previous model, last update), one folder per
+installed bundle named `<version>-<sha12>`, and `downloads/` for bundles being fetched. `state.json` is
+replaced atomically, so a power cut leaves either the old or the new choice, never half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import ValidationError
+
+from edge_runtime.bundle import DEFAULT_MAX_UNPACKED_BYTES, install_bundle, load_installed, sync_directory
+from edge_runtime.manifest import Manifest
+from edge_runtime.service.messages import utc_now
+from edge_runtime.settings import StrictModel
+
+STATE_FILE = "state.json"
+STATE_SCHEMA_VERSION = 1
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class InstalledModel(StrictModel):
+    version: str
+    slot: str  # a folder name under models/, or an absolute path for a slot the config names
+    sha256: str | None = None  # of the archive it was installed from
+    source: str  # "config", or the URL/path of the update
+    installed_at: str
+
+
+class UpdateRecord(StrictModel):
+    """How the last install or rollback ended; `reason` is a machine-readable code when it did not succeed."""
+
+    action: Literal["install", "rollback", "startup"]
+    outcome: Literal["installed", "rolled_back", "refused", "failed"]
+    version: str | None = None
+    request_id: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    time: str
+
+
+class ModelState(StrictModel):
+    schema_version: Literal[1] = STATE_SCHEMA_VERSION
+    active: InstalledModel | None = None
+    previous: InstalledModel | None = None
+    configured: str | None = None  # identity of the configured bundle when it was last adopted
+    last_update: UpdateRecord | None = None
+
+    def switched_to(self, model: InstalledModel) -> ModelState:
+        """`model` becomes active and the one it replaces becomes previous."""
+        return self.model_copy(update={"active": model, "previous": self.active})
+
+    def recorded(self, record: UpdateRecord) -> ModelState:
+        return self.model_copy(update={"last_update": record})
+
+
+class StateFileError(ValueError):
+    """state.json exists but cannot be used; the message names the file and the problem."""
+
+
+def slot_name(version: str, sha256: str) -> str:
+    """A folder name that says which model it holds; the hash keeps two builds of one version apart."""
+    return f"{_UNSAFE_NAME.sub('_', version)[:64]}-{sha256[:12]}"
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.downloads = self.root / "downloads"
+        self.state_path = self.root / STATE_FILE
+
+    def read(self) -> ModelState:
+        """The state on disk; an empty state on first start."""
+        if not self.state_path.exists():
+            return ModelState()
+        try:
+            return ModelState.model_validate_json(self.state_path.read_bytes())
+        except (OSError, ValidationError) as error:
+            raise StateFileError(f"{self.state_path} cannot be used: {error}") from error
+
+    def write(self, state: ModelState) -> None:
+        """Replace state.json atomically and durably."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(state.model_dump(mode="json"), indent=2).encode("utf-8")
+        descriptor, temporary = tempfile.mkstemp(prefix=".state.", suffix=".json", dir=self.root)
+        try:
+            with os.fdopen(descriptor, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, self.state_path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        sync_directory(self.root)
+
+    def path_of(self, model: InstalledModel) -> Path:
+        slot = Path(model.slot)
+        return slot if slot.is_absolute() else self.root / slot
+
+    def install(
+        self,
+        archive: Path,
+        sha256: str,
+        trusted_keys: Sequence[Ed25519PublicKey],
+        max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
+    ) -> tuple[Path, Manifest]:
+        """Verify and unpack `archive` into a new slot (an existing slot of the same archive is reused)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=self.root))
+        try:
+            manifest = install_bundle(archive, trusted_keys, staging / "slot", max_unpacked_bytes)
+            slot = self.root / slot_name(manifest.model_version, sha256)
+            if slot.is_dir():
+                return slot, load_installed(slot, trusted_keys)
+            os.rename(staging / "slot", slot)
+            sync_directory(self.root)
+            return slot, manifest
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def remove(self, slot: Path) -> None:
+        """Delete a slot of the store; slots the config names (outside the store) are never touched."""
+        if slot.resolve().parent == self.root.resolve():
+            shutil.rmtree(slot, ignore_errors=True)
+
+    def prune(self, state: ModelState) -> None:
+        """Keep the active and previous slots; delete other slots and leftovers of interrupted work."""
+        keep = {self.path_of(model).resolve() for model in (state.active, state.previous) if model is not None}
+        if not self.root.is_dir():
+            return
+        for entry in self.root.iterdir():
+            if entry.is_dir() and entry != self.downloads and entry.resolve() not in keep:
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def installed_versions(self, state: ModelState) -> list[str]:
+        return [model.version for model in (state.active, state.previous) if model is not None]
+
+
+def new_model(version: str, slot: Path, store: ModelStore, sha256: str | None, source: str) -> InstalledModel:
+    """A record for a slot; slots inside the store are kept by name so the state dir can move."""
+    inside = slot.resolve().parent == store.root.resolve()
+    return InstalledModel(
+        version=version,
+        slot=slot.name if inside else str(slot.resolve()),
+        sha256=sha256,
+        source=source,
+        installed_at=utc_now(),
+    )

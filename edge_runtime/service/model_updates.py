@@ -1,0 +1,395 @@
+"""Remote model updates: install a signed bundle or roll back to the previous one while inspection goes on.
+
+An update runs in its own thread: fetch, verify and unpack into a new slot, compile, run the bundle's
+reference checks, and only then record the new choice on disk and hand the new inspector to the frame
+loop, which adopts it between two frames. Any refusal leaves the running model untouched."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import Field, ValidationError
+
+from edge_runtime.bundle import BundleError, load_installed
+from edge_runtime.inspector import Inspector
+from edge_runtime.manifest import Manifest
+from edge_runtime.openvino_networks import RuntimeOptions
+from edge_runtime.service.commands import CommandError
+from edge_runtime.service.download import DownloadError, DownloadLimits, fetch, sha256_of_file
+from edge_runtime.service.messages import utc_now
+from edge_runtime.service.model_store import (
+    InstalledModel,
+    ModelState,
+    ModelStore,
+    StateFileError,
+    UpdateRecord,
+    new_model,
+)
+from edge_runtime.service.service_config import BundleConfig
+from edge_runtime.settings import StrictModel
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["downloading", "verifying", "compiling", "health_check", "switching"]
+Action = Literal["install", "rollback"]
+Outcome = Literal["installed", "rolled_back"]
+
+
+class InstallRequest(StrictModel):
+    """The body of `cmd/install`."""
+
+    url: str = Field(min_length=1, description="http(s)://, file:// or an absolute path on the device")
+    version: str = Field(min_length=1, max_length=128, description="must equal the bundle's model_version")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the archive, lowercase hex")
+    request_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:@-]{1,128}$")
+
+
+class RollbackRequest(StrictModel):
+    request_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:@-]{1,128}$")
+
+
+class UpdateRefused(Exception):
+    """An update that stopped; `reason` is the code published, the message the detail."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class UpdateProgress:
+    action: Action
+    version: str | None
+    request_id: str | None
+    stage: Stage
+    since: str
+
+
+@dataclass(frozen=True)
+class StartupModel:
+    inspector: Inspector
+    state: ModelState
+
+
+def configured_identity(bundle: BundleConfig) -> tuple[str, str | None]:
+    """(identity, archive sha256) of the bundle the config names; a changed config bundle is adopted anew."""
+    if bundle.archive is not None:
+        sha256 = sha256_of_file(bundle.archive)
+        return f"archive:{sha256}", sha256
+    assert bundle.slot is not None
+    return f"slot:{bundle.slot.resolve()}", None
+
+
+def open_model(
+    store: ModelStore, model: InstalledModel, keys: Sequence[Ed25519PublicKey], options: RuntimeOptions
+) -> Inspector:
+    """Compile an installed model after re-checking its files (and signature, when keys are configured)."""
+    slot = store.path_of(model)
+    return Inspector(load_installed(slot, keys or None), slot, options)
+
+
+def load_startup_model(
+    bundle: BundleConfig, store: ModelStore, keys: Sequence[Ed25519PublicKey], options: RuntimeOptions
+) -> StartupModel:
+    """The model to run at start: the active one on disk, or its predecessor when it no longer loads, or the
+    configured bundle on first start and whenever the config names a different bundle than last time."""
+    state = _read_state(store)
+    identity, archive_sha = configured_identity(bundle)
+    if state.configured == identity:
+        for model in (state.active, state.previous):
+            if model is None:
+                continue
+            try:
+                inspector = open_model(store, model, keys, options)
+            except (BundleError, OSError, RuntimeError) as error:
+                log.error("installed model %s cannot be loaded: %s", model.version, error)
+                continue
+            if model is not state.active:
+                detail = f"{state.active.version if state.active else 'the active model'} could not be loaded"
+                record = UpdateRecord(
+                    action="startup",
+                    outcome="rolled_back",
+                    version=model.version,
+                    reason="active_unloadable",
+                    detail=detail,
+                    time=utc_now(),
+                )
+                state = ModelState(active=model, previous=None, configured=identity, last_update=record)
+                store.write(state)
+            return StartupModel(inspector, state)
+    return _adopt_configured(bundle, store, keys, options, state, identity, archive_sha)
+
+
+def _read_state(store: ModelStore) -> ModelState:
+    try:
+        return store.read()
+    except StateFileError as error:
+        # Written atomically, so this means a damaged disk or a hand edit: keep it for inspection, start clean.
+        log.error("%s; it is set aside and the configured bundle is used", error)
+        store.state_path.rename(store.state_path.with_suffix(".unusable"))
+        return ModelState()
+
+
+def _adopt_configured(
+    bundle: BundleConfig,
+    store: ModelStore,
+    keys: Sequence[Ed25519PublicKey],
+    options: RuntimeOptions,
+    state: ModelState,
+    identity: str,
+    archive_sha: str | None,
+) -> StartupModel:
+    if bundle.archive is not None:
+        assert archive_sha is not None
+        slot, manifest = store.install(bundle.archive, archive_sha, keys)
+    else:
+        assert bundle.slot is not None
+        slot, manifest = bundle.slot, load_installed(bundle.slot)
+    inspector = Inspector(manifest, slot, options)
+    model = new_model(manifest.model_version, slot, store, archive_sha, "config")
+    same_slot = state.active is not None and store.path_of(state.active).resolve() == slot.resolve()
+    if not same_slot:
+        state = state.switched_to(model)
+    record = UpdateRecord(action="startup", outcome="installed", version=model.version, time=utc_now())
+    state = state.model_copy(update={"configured": identity}).recorded(record)
+    store.write(state)
+    store.prune(state)
+    log.info("running the configured bundle %s from %s", model.version, slot)
+    return StartupModel(inspector, state)
+
+
+class ModelUpdater:
+    """Runs one install or rollback at a time; `adopt` hands a checked inspector to the frame loop,
+    `announce` republishes the model state, `reply` answers the command when the job ends."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        state: ModelState,
+        trusted_keys: Sequence[Ed25519PublicKey],
+        options: RuntimeOptions,
+        limits: DownloadLimits,
+        adopt: Callable[[Inspector], None],
+        announce: Callable[[], None],
+        reply: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.store = store
+        self.state = state
+        self.trusted_keys = list(trusted_keys)
+        self.options = options
+        self.limits = limits
+        self.progress: UpdateProgress | None = None
+        self._adopt = adopt
+        self._announce = announce
+        self._reply = reply
+        self._busy = threading.Lock()
+        self._worker: threading.Thread | None = None
+
+    # --- commands: checked at once, carried out in a worker thread -------------------------------------
+
+    def command_install(self, body: dict[str, Any]) -> dict[str, Any]:
+        request = _parse(InstallRequest, body)
+        if not self.trusted_keys:
+            raise CommandError("no bundle.trusted_keys are configured, so no bundle can be verified")
+        active = self.state.active
+        if active is not None and active.sha256 == request.sha256:
+            return {"request_id": request.request_id, "version": active.version, "outcome": "already_active"}
+        self._start(lambda: self._install(request), "install", request.version, request.request_id)
+        return {"request_id": request.request_id, "version": request.version, "accepted": True}
+
+    def command_rollback(self, body: dict[str, Any]) -> dict[str, Any]:
+        request = _parse(RollbackRequest, body)
+        previous = self.state.previous
+        if previous is None:
+            raise CommandError("there is no previous model to roll back to")
+        self._start(lambda: self._rollback(request, previous), "rollback", previous.version, request.request_id)
+        return {"request_id": request.request_id, "version": previous.version, "accepted": True}
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the running job (if any) has ended."""
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+
+    def state_payload(self) -> dict[str, Any]:
+        """The retained `model` message: what is installed, what runs, what is happening, how it last went."""
+        state, progress = self.state, self.progress
+        return {
+            "active": state.active.version if state.active else None,
+            "previous": state.previous.version if state.previous else None,
+            "installed": self.store.installed_versions(state),
+            "active_model": state.active.model_dump() if state.active else None,
+            "update_in_progress": progress.__dict__ if progress else None,
+            "last_update": state.last_update.model_dump() if state.last_update else None,
+            "time": utc_now(),
+        }
+
+    def _start(self, job: Callable[[], None], action: Action, version: str | None, request_id: str | None) -> None:
+        if not self._busy.acquire(blocking=False):
+            running = self.progress
+            doing = f"{running.action} of {running.version}" if running else "another update"
+            raise CommandError(f"busy: {doing} is still running; send the command again when it has ended")
+        self.progress = UpdateProgress(action, version, request_id, "verifying", utc_now())
+        self._worker = threading.Thread(target=self._run_job, args=(job,), name=f"model-{action}", daemon=True)
+        self._worker.start()
+
+    def _run_job(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        finally:
+            if self.progress is not None:  # the job ended without concluding (it cannot, but never stay busy)
+                self.progress = None
+                self._announce()
+            self._busy.release()
+
+    def _conclude(self, state: ModelState, reply: dict[str, Any]) -> None:
+        """Record the outcome on disk, publish the model state, then answer: the state is current by then."""
+        self.store.write(state)
+        self.state = state
+        self.progress = None
+        self._announce()
+        self._reply(reply)
+
+    def _stage(self, stage: Stage) -> None:
+        assert self.progress is not None
+        self.progress = UpdateProgress(**{**self.progress.__dict__, "stage": stage, "since": utc_now()})
+        log.info("model %s %s: %s", self.progress.action, self.progress.version, stage)
+        self._announce()
+
+    # --- install -------------------------------------------------------------------------------------
+
+    def _install(self, request: InstallRequest) -> None:
+        download = self.store.downloads / f"{request.sha256}.tar"
+        try:
+            self._stage("downloading")
+            self.store.downloads.mkdir(parents=True, exist_ok=True)
+            archive = _fetch(request, download, self.limits)
+            self._stage("verifying")
+            slot, manifest = _unpack(self.store, archive, request.sha256, self.trusted_keys, self.limits)
+            try:
+                if manifest.model_version != request.version:
+                    raise UpdateRefused(
+                        "version_mismatch",
+                        f"the bundle holds model_version {manifest.model_version!r}, the request says "
+                        f"{request.version!r}",
+                    )
+                inspector = self._checked_inspector(manifest, slot)
+            except UpdateRefused:
+                self._discard(slot)
+                raise
+            model = new_model(manifest.model_version, slot, self.store, request.sha256, request.url)
+            self._switch(self.state.switched_to(model), inspector, "install", "installed", request.request_id)
+        except UpdateRefused as refusal:
+            self._refuse("install", request.version, request.request_id, refusal)
+        except Exception as error:  # a bug or a full disk: reported, and the running model keeps running
+            log.exception("install of %s failed", request.version)
+            self._refuse("install", request.version, request.request_id, UpdateRefused("internal_error", str(error)))
+        finally:
+            download.unlink(missing_ok=True)
+
+    def _rollback(self, request: RollbackRequest, previous: InstalledModel) -> None:
+        try:
+            self._stage("verifying")
+            slot = self.store.path_of(previous)
+            try:
+                manifest = load_installed(slot, self.trusted_keys or None)
+            except BundleError as error:
+                raise UpdateRefused(error.reason, error.detail) from error
+            except OSError as error:
+                raise UpdateRefused("missing_file", f"slot {slot} cannot be read: {error}") from error
+            inspector = self._checked_inspector(manifest, slot)
+            state = self.state.model_copy(update={"active": previous, "previous": self.state.active})
+            self._switch(state, inspector, "rollback", "rolled_back", request.request_id)
+        except UpdateRefused as refusal:
+            self._refuse("rollback", previous.version, request.request_id, refusal)
+        except Exception as error:
+            log.exception("rollback to %s failed", previous.version)
+            refusal = UpdateRefused("internal_error", str(error))
+            self._refuse("rollback", previous.version, request.request_id, refusal)
+
+    def _checked_inspector(self, manifest: Manifest, slot: Path) -> Inspector:
+        """Compile the verified slot and score its reference images; a model that fails here never runs."""
+        self._stage("compiling")
+        try:
+            inspector = Inspector(manifest, slot, self.options)
+        except (RuntimeError, OSError) as error:
+            raise UpdateRefused("compile_failed", f"{manifest.model_version} cannot be compiled: {error}") from error
+        self._stage("health_check")
+        failed = [check for check in inspector.health_check() if not check.passed]
+        if failed:
+            worst = ", ".join(
+                f"{c.file} scores {c.measured_score:.4f}, expected {c.expected_score:.4f} ± {c.tolerance:.4f}"
+                for c in failed[:3]
+            )
+            raise UpdateRefused("health_check_failed", f"{len(failed)} reference image(s) off: {worst}")
+        return inspector
+
+    def _switch(
+        self, state: ModelState, inspector: Inspector, action: Action, outcome: Outcome, request_id: str | None
+    ) -> None:
+        """Record the choice on disk first, so a restart comes back to the model that is about to run."""
+        self._stage("switching")
+        assert state.active is not None
+        version = state.active.version
+        record = UpdateRecord(action=action, outcome=outcome, version=version, request_id=request_id, time=utc_now())
+        state = state.recorded(record)
+        self.store.write(state)
+        self._adopt(inspector)
+        self.store.prune(state)
+        log.info("model %s %s; previous: %s", version, outcome, state.previous and state.previous.version)
+        self._conclude(
+            state, {"command": action, "ok": True, "request_id": request_id, "version": version, "outcome": outcome}
+        )
+
+    def _refuse(self, action: Action, version: str | None, request_id: str | None, refusal: UpdateRefused) -> None:
+        log.error("model %s of %s refused: %s: %s", action, version, refusal.reason, refusal.detail)
+        record = UpdateRecord(
+            action=action,
+            outcome="refused",
+            version=version,
+            request_id=request_id,
+            reason=refusal.reason,
+            detail=refusal.detail,
+            time=utc_now(),
+        )
+        reply = {"command": action, "ok": False, "request_id": request_id, "version": version}
+        self._conclude(self.state.recorded(record), reply | {"reason": refusal.reason, "error": refusal.detail})
+
+    def _discard(self, slot: Path) -> None:
+        """Remove a slot that will not run, unless it is one the device already keeps."""
+        kept = [self.store.path_of(m).resolve() for m in (self.state.active, self.state.previous) if m is not None]
+        if slot.resolve() not in kept:
+            self.store.remove(slot)
+
+
+def _parse(model: type[StrictModel], body: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in problem['loc']) or '(body)'}: {problem['msg']}" for problem in error.errors()
+        )
+        raise CommandError(problems) from error
+
+
+def _fetch(request: InstallRequest, target: Path, limits: DownloadLimits) -> Path:
+    try:
+        return fetch(request.url, target, request.sha256, limits)
+    except DownloadError as error:
+        raise UpdateRefused(error.reason, error.detail) from error
+
+
+def _unpack(
+    store: ModelStore, archive: Path, sha256: str, keys: Sequence[Ed25519PublicKey], limits: DownloadLimits
+) -> tuple[Path, Manifest]:
+    try:
+        return store.install(archive, sha256, keys, limits.max_unpacked_bytes)
+    except BundleError as error:
+        raise UpdateRefused(error.reason, error.detail) from error

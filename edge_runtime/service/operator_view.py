@@ -1,0 +1,379 @@
+"""Operator view: a small local HTTP server beside the frame loop. `/` is the live page, `/state.json` what it
+polls, `/overlay.jpg` the heatmap of the latest part, `/metrics` Prometheus text, `/healthz` liveness.
+
+The frame loop only hands parts over (a deque append under a lock); overlays are rendered here, in the HTTP
+threads, on demand and once per part."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from edge_runtime.preprocess import to_uint8_image
+from edge_runtime.service.messages import heatmap_jpeg
+from edge_runtime.service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from edge_runtime.service.metrics import HistogramSnapshot, LatencyHistogram, MetricsSample, render_metrics
+from edge_runtime.service.operator_page import PAGE_HTML
+from edge_runtime.service.service_config import OperatorViewConfig
+
+if TYPE_CHECKING:  # the service imports this module; only the type checker needs the reverse
+    from edge_runtime.service.service import InspectedPart, Service
+
+log = logging.getLogger(__name__)
+
+# The page is self-contained: it may load nothing but what this server serves, and never another origin.
+_PAGE_POLICY = (
+    "default-src 'none'; img-src 'self'; connect-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"
+)
+
+
+@dataclass(frozen=True)
+class RecentPart:
+    """One verdict as the page lists it."""
+
+    part_id: str
+    time: str
+    verdict: str
+    score: float
+    threshold: float
+    latency_ms: float
+    defects: int
+    model_version: str
+
+
+@dataclass(frozen=True)
+class Counters:
+    frames_in: int
+    inspected: int
+    defects: int
+    dropped: int
+    skipped: int
+    errors: int
+    outbox_depth: int
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+
+
+@dataclass(frozen=True)
+class ViewState:
+    """What `/state.json` answers; the page draws exactly this."""
+
+    device_id: str
+    model_version: str | None
+    state: str
+    camera: str
+    broker_connected: bool
+    last_error: str | None
+    counters: Counters
+    recent: list[RecentPart]  # newest first
+    refresh_s: float
+
+
+@dataclass(frozen=True)
+class Health:
+    healthy: bool
+    reason: str
+    state: str
+    last_tick_age_s: float | None
+
+
+def assess_health(state: str, last_tick: float | None, now: float, stale_after_s: float) -> Health:
+    """Alive means: not shutting down, and the frame loop turned recently (it turns at least every 0.2 s when
+    idle, so a long silence is a hang, not a quiet camera)."""
+    age = None if last_tick is None else round(now - last_tick, 3)
+    if state == "stopping":
+        return Health(False, "the service is stopping", state, age)
+    if age is None:
+        return Health(False, "the frame loop has not started yet", state, age)
+    if age > stale_after_s:
+        return Health(False, f"the frame loop has not turned for {age:.1f} s (limit {stale_after_s:g} s)", state, age)
+    return Health(True, "the frame loop is turning", state, age)
+
+
+def recent_part(part: InspectedPart) -> RecentPart:
+    payload = part.payload
+    return RecentPart(
+        part_id=part.part_id,
+        time=str(payload["time"]),
+        verdict="defect" if part.result.is_defect else "good",
+        score=float(payload["score"]),
+        threshold=float(payload["threshold"]),
+        latency_ms=round(part.latency_ms, 2),
+        defects=len(part.result.regions),
+        model_version=part.inspector.model_version,
+    )
+
+
+class PartLog:
+    """What the listeners record, shared between the frame thread (writer) and the HTTP threads (readers)."""
+
+    def __init__(self, keep: int) -> None:
+        self._lock = threading.Lock()
+        self._recent: deque[RecentPart] = deque(maxlen=keep)
+        self._latest: InspectedPart | None = None
+        self._good = 0
+        self._defects = 0
+        self._last_tick: float | None = None
+        self.latency = LatencyHistogram()
+
+    def record(self, part: InspectedPart) -> None:
+        entry = recent_part(part)  # built outside the lock; cheap either way
+        with self._lock:
+            self._recent.appendleft(entry)
+            self._latest = part
+            if part.result.is_defect:
+                self._defects += 1
+            else:
+                self._good += 1
+            # Inside the lock, so a scrape never sees a verdict count and histogram count that disagree.
+            self.latency.observe(part.latency_ms / 1000.0)
+
+    def tick(self, now: float) -> None:
+        with self._lock:
+            self._last_tick = now
+
+    def last_tick(self) -> float | None:
+        with self._lock:
+            return self._last_tick
+
+    def latest(self) -> InspectedPart | None:
+        with self._lock:
+            return self._latest
+
+    def recent(self) -> list[RecentPart]:
+        with self._lock:
+            return list(self._recent)
+
+    def verdicts_and_latency(self) -> tuple[int, int, HistogramSnapshot]:
+        """(good, defects, histogram snapshot), consistent with each other."""
+        with self._lock:
+            return self._good, self._defects, self.latency.snapshot()
+
+
+class OverlayCache:
+    """The overlay JPEG of the latest part, rendered at most once per part id."""
+
+    def __init__(self, quality: int) -> None:
+        self.quality = quality
+        self._lock = threading.Lock()  # also keeps two browsers from rendering the same part twice
+        self._part_id: str | None = None
+        self._jpeg = b""
+
+    def jpeg_for(self, part: InspectedPart) -> bytes:
+        with self._lock:
+            if self._part_id != part.part_id:
+                # The model that judged the part, which may no longer be the active one.
+                inspector = part.inspector
+                model_image = to_uint8_image(inspector.prepare(part.frame.image))
+                pixel_threshold = inspector.calibration.pixel_threshold
+                self._jpeg = heatmap_jpeg(model_image, part.result, pixel_threshold, self.quality)
+                self._part_id = part.part_id
+            return self._jpeg
+
+
+class OperatorView:
+    """Start with `start()` (binds, then serves in daemon threads); `stop()` closes the socket."""
+
+    def __init__(
+        self, service: Service, config: OperatorViewConfig, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.service = service
+        self.config = config
+        self.clock = clock
+        self.parts = PartLog(config.recent_parts)
+        self.overlays = OverlayCache(service.config.heatmaps.jpeg_quality)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind (raises OSError when the address is taken) and serve; registers the service listeners."""
+        server_class = _ViewServerV6 if ":" in self.config.host else _ViewServer
+        self._server = server_class((self.config.host, self.config.port), _Handler)
+        self._server.view = self
+        self._thread = threading.Thread(target=self._server.serve_forever, name="operator-view", daemon=True)
+        self._thread.start()
+        self.service.result_listeners.append(self.parts.record)
+        self.service.tick_listeners.append(self._on_tick)
+        log.info("operator view on %s", self.url)
+
+    def stop(self) -> None:
+        if self._on_tick in self.service.tick_listeners:
+            self.service.tick_listeners.remove(self._on_tick)
+        if self.parts.record in self.service.result_listeners:
+            self.service.result_listeners.remove(self.parts.record)
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (differs from the config when it asked for 0)."""
+        if self._server is None:
+            raise RuntimeError("the operator view is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{self.port}/"
+
+    def _on_tick(self) -> None:
+        self.parts.tick(self.clock())
+
+    # --- what the endpoints answer -------------------------------------------------------------------
+
+    def health(self) -> Health:
+        return assess_health(
+            self.service.status_payload()["state"], self.parts.last_tick(), self.clock(), self.config.healthz_stale_s
+        )
+
+    def view_state(self) -> ViewState:
+        service = self.service
+        status, stats = service.status_payload(), service.stats_payload()
+        latency = stats["latency_ms"]
+        counters = Counters(
+            frames_in=stats["frames_in"],
+            inspected=stats["inspected"],
+            defects=stats["defects"],
+            dropped=stats["dropped"],
+            skipped=stats["skipped"],
+            errors=stats["errors"],
+            outbox_depth=stats["outbox"]["depth"],
+            latency_p50_ms=latency["p50"],
+            latency_p99_ms=latency["p99"],
+        )
+        return ViewState(
+            device_id=service.config.mqtt.device_id,
+            model_version=status["model_version"],
+            state=status["state"],
+            camera=status["camera"]["state"],
+            broker_connected=self._broker_connected(),
+            last_error=status["last_error"],
+            counters=counters,
+            recent=self.parts.recent(),
+            refresh_s=self.config.refresh_s,
+        )
+
+    def metrics_sample(self) -> MetricsSample:
+        service = self.service
+        stats = service.stats_payload()
+        good, defects, latency = self.parts.verdicts_and_latency()
+        inspector = service.inspector  # the active model now, which an update may have swapped
+        camera = service.source.state if service.source is not None else "stopped"
+        return MetricsSample(
+            frames_received=stats["frames_in"],
+            frames_dropped=stats["dropped"],
+            frames_skipped=stats["skipped"],
+            good=good,
+            defects=defects,
+            errors=stats["errors"],
+            latency=latency,
+            outbox_depth=stats["outbox"]["depth"],
+            outbox_dropped=stats["outbox"]["dropped"],
+            broker_connected=self._broker_connected(),
+            camera_streaming=camera == "streaming",
+            camera_reconnects=stats["camera_reconnects"],
+            model_version=inspector.model_version if inspector is not None else None,
+            start_time_s=time.time() - (time.monotonic() - service.stats.started),
+        )
+
+    def overlay(self) -> tuple[str, bytes] | None:
+        """(part id, JPEG) of the latest inspected part, or None before the first one."""
+        part = self.parts.latest()
+        if part is None:
+            return None
+        return part.part_id, self.overlays.jpeg_for(part)
+
+    def _broker_connected(self) -> bool:
+        publisher = self.service.publisher
+        return publisher is not None and publisher.connected.is_set()
+
+
+class _ViewServer(ThreadingHTTPServer):
+    daemon_threads = True  # a browser holding a connection open must not delay the service's exit
+    view: OperatorView
+
+
+class _ViewServerV6(_ViewServer):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _ViewServer
+    server_version = "d3ad-operator-view"
+
+    def do_GET(self) -> None:
+        route = _ROUTES.get(urlsplit(self.path).path)
+        if route is None:
+            self._send(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", b"not found\n")
+            return
+        try:
+            route(self)
+        except Exception:  # e.g. a scrape racing the shutdown: one failed request, never a dead server
+            log.exception("operator view: %s failed", self.path)
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", b"internal error\n")
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
+        log.debug("operator view %s: " + format, self.address_string(), *args)
+
+    def _send(self, status: HTTPStatus, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _send_json(self, status: HTTPStatus, body: dict[str, Any]) -> None:
+        self._send(status, "application/json", json.dumps(body, separators=(",", ":")).encode("utf-8"))
+
+    def page(self) -> None:
+        headers = {"Content-Security-Policy": _PAGE_POLICY}
+        self._send(HTTPStatus.OK, "text/html; charset=utf-8", PAGE_HTML.encode("utf-8"), headers)
+
+    def state(self) -> None:
+        self._send_json(HTTPStatus.OK, asdict(self.server.view.view_state()))
+
+    def overlay(self) -> None:
+        latest = self.server.view.overlay()
+        if latest is None:
+            self._send(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", b"no part inspected yet\n")
+            return
+        part_id, jpeg = latest
+        self._send(HTTPStatus.OK, "image/jpeg", jpeg, {"X-Part-Id": part_id})
+
+    def metrics(self) -> None:
+        text = render_metrics(self.server.view.metrics_sample())
+        self._send(HTTPStatus.OK, METRICS_CONTENT_TYPE, text.encode("utf-8"))
+
+    def healthz(self) -> None:
+        health = self.server.view.health()
+        status = HTTPStatus.OK if health.healthy else HTTPStatus.SERVICE_UNAVAILABLE
+        self._send_json(status, asdict(health))
+
+
+_ROUTES: dict[str, Callable[[_Handler], None]] = {
+    "/": _Handler.page,
+    "/state.json": _Handler.state,
+    "/overlay.jpg": _Handler.overlay,
+    "/metrics": _Handler.metrics,
+    "/healthz": _Handler.healthz,
+}

@@ -1,0 +1,242 @@
+"""Remote model updates end to end: a real broker, a local HTTP server, real bundles and a live camera stream."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.manifest import SIGNATURE_NAME
+from edge_runtime.service.model_store import ModelStore
+
+FPS = 4  # slow enough that the 2-core machine inspects every frame, so any lost frame shows as a gap
+CAMERA = f"videotestsrc is-live=true pattern=ball ! video/x-raw,width=160,height=120,framerate={FPS}/1"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def rewrite_archive(source: Path, out: Path, change) -> Path:  # noqa: ANN001
+    """Copy a bundle tar member by member; `change(name, data)` returns new bytes, or None to leave it out."""
+    with tarfile.open(source) as old, tarfile.open(out, "w") as new:
+        for member in old.getmembers():
+            data = old.extractfile(member).read() if member.isfile() else b""
+            data = change(member.name, data)
+            if data is None:
+                continue
+            member.size = len(data)
+            new.addfile(member, io.BytesIO(data))
+    return out
+
+
+@pytest.fixture(scope="session")
+def update_bundles(slot, keys, repack, tmp_path_factory) -> dict[str, Path]:
+    """Version 2.0.0 of the tiny model, and broken variants of it."""
+    from export.signing import generate_keypair
+
+    folder = tmp_path_factory.mktemp("updates")
+    private = keys[0]
+    good = repack(slot, folder / "v2.tar", private, "2.0.0")
+
+    def off_references(fields: dict) -> None:
+        for reference in fields["references"]:
+            reference["expected_score"] += 10.0
+
+    stranger = folder / "stranger"
+    generate_keypair(stranger.with_suffix(".pem"), stranger.with_suffix(".pub.pem"))
+
+    def flip_a_weight(name: str, data: bytes) -> bytes:
+        return data[:-1] + bytes([data[-1] ^ 0xFF]) if name.endswith(".bin") else data
+
+    return {
+        "good": good,
+        "failing_health": repack(slot, folder / "health.tar", private, "2.0.0", off_references),
+        "untrusted": repack(slot, folder / "stranger.tar", stranger.with_suffix(".pem"), "2.0.0"),
+        "unsigned": rewrite_archive(good, folder / "unsigned.tar", lambda n, d: None if n == SIGNATURE_NAME else d),
+        "tampered": rewrite_archive(good, folder / "tampered.tar", flip_a_weight),
+    }
+
+
+@pytest.fixture
+def start_service():
+    """A Service that loads its model itself (from the config and its model store), in a thread."""
+    from edge_runtime.service.service import Service
+    from edge_runtime.service.service_config import parse_config
+
+    running: list[tuple[Service, threading.Thread]] = []
+
+    def start(raw: dict) -> Service:
+        service = Service(parse_config(raw, "update test config"))
+        thread = threading.Thread(target=service.run, name="service", daemon=True)
+        thread.start()
+        assert service.started.wait(60), "service did not start"
+        running.append((service, thread))
+        return service
+
+    def stop(service: Service) -> None:
+        for entry in [e for e in running if e[0] is service]:
+            service.stop()
+            entry[1].join(timeout=20)
+            assert not entry[1].is_alive(), "service did not stop"
+            running.remove(entry)
+
+    start.stop = stop
+    yield start
+    for service, _ in list(running):
+        stop(service)
+
+
+@pytest.fixture
+def archive_config(make_config, bundle, keys):
+    """Runtime config for the signed 1.0.0 archive, verified with the test key, on a steady test camera."""
+
+    def build(port: int) -> dict:
+        raw = make_config(port, camera={"pipeline": CAMERA}, mode={"kind": "continuous", "max_fps": 0})
+        raw["bundle"] = {"archive": str(bundle[0]), "trusted_keys": [str(keys[1])]}
+        return raw
+
+    return build
+
+
+def results_of(listener, version: str | None = None) -> list[dict]:
+    results = listener.payloads("/result")
+    return [r for r in results if version is None or r["model_version"] == version]
+
+
+def model_state(listener) -> dict:
+    return listener.payloads("/model")[-1]
+
+
+def send(listener, command: str, body: dict) -> None:
+    listener.publish(f"test/cam1/cmd/{command}", json.dumps(body))
+
+
+def final_reply(listener, request_id: str, timeout: float = 60) -> dict:
+    """The reply that ends a job (not the one that accepted it)."""
+
+    def ended() -> list[dict]:
+        replies = listener.payloads("/reply")
+        return [r for r in replies if r.get("request_id") == request_id and not r.get("accepted")]
+
+    listener.wait_for(lambda: ended(), timeout, f"the outcome of {request_id}")
+    return ended()[0]
+
+
+def frame_gap_at_switch(results: list[dict], old: str, new: str) -> float:
+    """Seconds of stream between the last part judged by `old` and the first judged by `new`."""
+    ordered = sorted(results, key=lambda r: int(r["part_id"].rsplit("-", 1)[1]))
+    for before, after in zip(ordered, ordered[1:], strict=False):
+        if before["model_version"] == old and after["model_version"] == new:
+            return after["frame"]["pts_s"] - before["frame"]["pts_s"]
+    raise AssertionError(f"no switch from {old} to {new} in the results")
+
+
+def test_install_switches_between_frames_survives_a_restart_and_rolls_back(
+    broker, listen, archive_config, start_service, bundle_server, update_bundles, tmp_path
+):
+    raw = archive_config(broker.port)
+    listener = listen(broker.port, "test")
+    service = start_service(raw)
+    listener.wait_for(lambda: len(results_of(listener, "1.0.0")) >= 3, 30, "results of model 1.0.0")
+    assert model_state(listener)["active"] == "1.0.0" and model_state(listener)["previous"] is None
+
+    shutil.copy(update_bundles["good"], bundle_server.folder / "v2.tar")
+    request = {"url": bundle_server.url("v2.tar"), "version": "2.0.0", "sha256": sha256(update_bundles["good"])}
+    send(listener, "install", request | {"request_id": "up-1"})
+    outcome = final_reply(listener, "up-1")
+    assert outcome == {**outcome, "ok": True, "outcome": "installed", "version": "2.0.0"}
+    listener.wait_for(lambda: len(results_of(listener, "2.0.0")) >= 3, 30, "results of model 2.0.0")
+
+    gap = frame_gap_at_switch(results_of(listener), "1.0.0", "2.0.0")
+    assert gap == pytest.approx(1 / FPS, abs=0.01), "the frame after the last old result went to the new model"
+    state = model_state(listener)
+    assert (state["active"], state["previous"], state["installed"]) == ("2.0.0", "1.0.0", ["2.0.0", "1.0.0"])
+    assert state["last_update"]["outcome"] == "installed" and state["update_in_progress"] is None
+    stages = [m["update_in_progress"]["stage"] for m in listener.payloads("/model") if m["update_in_progress"]]
+    assert stages[0] == "downloading" and "health_check" in stages and stages[-1] == "switching"
+
+    start_service.stop(service)  # a restart comes back to the installed model, not the configured one
+    listener.messages.clear()
+    service = start_service(raw)
+    listener.wait_for(lambda: len(results_of(listener)) >= 2, 30, "results after the restart")
+    assert {r["model_version"] for r in results_of(listener)} == {"2.0.0"}
+    assert service.updater.state.previous.version == "1.0.0"
+
+    send(listener, "rollback", {"request_id": "back-1"})
+    outcome = final_reply(listener, "back-1")
+    assert outcome["ok"] and outcome["outcome"] == "rolled_back" and outcome["version"] == "1.0.0"
+    listener.wait_for(lambda: len(results_of(listener, "1.0.0")) >= 2, 30, "results after the rollback")
+    assert frame_gap_at_switch(results_of(listener), "2.0.0", "1.0.0") == pytest.approx(1 / FPS, abs=0.01)
+    state = model_state(listener)
+    assert (state["active"], state["previous"]) == ("1.0.0", "2.0.0")
+    on_disk = json.loads((Path(raw["state_dir"]) / "models" / "state.json").read_text())
+    assert (on_disk["active"]["version"], on_disk["previous"]["version"]) == ("1.0.0", "2.0.0")
+
+
+REFUSALS = [
+    ("tampered", "tampered", "2.0.0", None, "hash_mismatch"),
+    ("unsigned", "unsigned", "2.0.0", None, "unsigned"),
+    ("untrusted", "untrusted", "2.0.0", None, "bad_signature"),
+    ("wrong-sha", "good", "2.0.0", "ab" * 32, "sha256_mismatch"),
+    ("wrong-version", "good", "3.0.0", None, "version_mismatch"),
+    ("health", "failing_health", "2.0.0", None, "health_check_failed"),
+    ("missing", None, "2.0.0", "cd" * 32, "download_failed"),
+]
+
+
+def test_refused_bundles_are_reported_with_their_reason_and_the_old_model_keeps_answering(
+    broker, listen, archive_config, start_service, bundle_server, update_bundles
+):
+    raw = archive_config(broker.port)
+    listener = listen(broker.port, "test")
+    service = start_service(raw)
+    listener.wait_for(lambda: len(results_of(listener)) >= 2, 30, "first results")
+
+    for request_id, variant, version, sha, reason in REFUSALS:
+        url = bundle_server.url(f"{request_id}.tar")
+        if variant is not None:
+            shutil.copy(update_bundles[variant], bundle_server.folder / f"{request_id}.tar")
+            sha = sha or sha256(update_bundles[variant])
+        send(listener, "install", {"url": url, "version": version, "sha256": sha, "request_id": request_id})
+        outcome = final_reply(listener, request_id)
+        assert (outcome["ok"], outcome["reason"]) == (False, reason), outcome
+        state = model_state(listener)  # published before the reply
+        assert state["last_update"]["reason"] == reason and state["last_update"]["request_id"] == request_id
+        assert state["active"] == "1.0.0" and state["installed"] == ["1.0.0"]
+        answered = len(results_of(listener))
+        listener.wait_for(lambda n=answered: len(results_of(listener)) > n + 1, 20, "results after a refusal")
+
+    assert {r["model_version"] for r in results_of(listener)} == {"1.0.0"}
+    assert service.inspector.model_version == "1.0.0"
+    slots = [p.name for p in ModelStore(service.store.root).root.iterdir() if p.is_dir() and p.name != "downloads"]
+    assert len(slots) == 1, f"refused bundles leave nothing behind: {slots}"
+    assert not any(service.store.downloads.iterdir())
+
+
+def test_malformed_update_commands_are_answered_at_once(broker, listen, archive_config, start_service):
+    listener = listen(broker.port, "test")
+    start_service(archive_config(broker.port))
+    send(listener, "install", {"url": "http://x/b.tar", "version": "2.0.0"})
+    send(listener, "install", {"url": "http://x/b.tar", "version": "2.0.0", "sha256": "XYZ", "extra": 1})
+    send(listener, "rollback", {})
+    listener.wait_for(lambda: len(listener.payloads("/reply")) >= 3, 15, "three replies")
+    missing, malformed, rollback = listener.payloads("/reply")[:3]
+    assert not missing["ok"] and "sha256: Field required" in missing["error"]
+    assert "sha256: String should match pattern" in malformed["error"] and "extra: Extra inputs" in malformed["error"]
+    assert not rollback["ok"] and "no previous model" in rollback["error"]
+
+
+def test_updates_can_be_turned_off(broker, listen, archive_config, start_service):
+    listener = listen(broker.port, "test")
+    raw = archive_config(broker.port) | {"updates": {"enabled": False}}
+    start_service(raw)
+    send(listener, "install", {"url": "http://x/b.tar", "version": "2.0.0", "sha256": "ab" * 32})
+    listener.wait_for(lambda: listener.payloads("/reply"), 15, "a reply")
+    assert "turned off" in listener.payloads("/reply")[0]["error"]
