@@ -114,6 +114,11 @@ def model_state(listener) -> dict:
     return listener.payloads("/model")[-1]
 
 
+def wait_until_subscribed(listener) -> None:
+    """The device publishes `model` right after subscribing to its commands; the broker keeps that order."""
+    listener.wait_for(lambda: listener.payloads("/model"), 30, "the model state")
+
+
 def send(listener, command: str, body: dict) -> None:
     listener.publish(f"test/cam1/cmd/{command}", json.dumps(body))
 
@@ -223,6 +228,7 @@ def test_refused_bundles_are_reported_with_their_reason_and_the_old_model_keeps_
 def test_malformed_update_commands_are_answered_at_once(broker, listen, archive_config, start_service):
     listener = listen(broker.port, "test")
     start_service(archive_config(broker.port))
+    wait_until_subscribed(listener)
     send(listener, "install", {"url": "http://x/b.tar", "version": "2.0.0"})
     send(listener, "install", {"url": "http://x/b.tar", "version": "2.0.0", "sha256": "XYZ", "extra": 1})
     send(listener, "rollback", {})
@@ -237,6 +243,7 @@ def test_updates_can_be_turned_off(broker, listen, archive_config, start_service
     listener = listen(broker.port, "test")
     raw = archive_config(broker.port) | {"updates": {"enabled": False}}
     start_service(raw)
+    wait_until_subscribed(listener)
     send(listener, "install", {"url": "http://x/b.tar", "version": "2.0.0", "sha256": "ab" * 32})
     listener.wait_for(lambda: listener.payloads("/reply"), 15, "a reply")
     assert "turned off" in listener.payloads("/reply")[0]["error"]
