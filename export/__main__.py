@@ -1,4 +1,4 @@
-"""Command line: `python -m export keygen|bundle ...`."""
+"""Command line: `python -m export keygen|bundle|push|demo ...`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from edge_runtime.bundle import BundleError
+from export.push import PushError
 from train_host.config import ConfigError
 
 
@@ -23,12 +24,90 @@ def _parser() -> argparse.ArgumentParser:
     bundle.add_argument("--precision", choices=["auto", "int8", "fp16", "fp32"], default="auto")
     bundle.add_argument("--max-auroc-drop", type=float, default=0.01, help="accuracy gate for auto precision")
     bundle.add_argument("--gate-images-per-type", type=int, default=10)
+    push = commands.add_parser("push", help="install a bundle on a device over MQTT, or roll it back")
+    what = push.add_mutually_exclusive_group(required=True)
+    what.add_argument("--bundle", type=Path, help="the bundle file (its version and sha256 go in the command)")
+    what.add_argument("--rollback", action="store_true", help="return the device to its previous model")
+    push.add_argument("--url", help="where the device fetches the bundle: http(s)://, file:// or a path on the device")
+    push.add_argument("--broker", required=True, help="HOST or HOST:PORT of the MQTT broker")
+    push.add_argument("--device", required=True, help="the device's mqtt.device_id")
+    push.add_argument("--prefix", default="d3ad", help="the device's mqtt.prefix")
+    push.add_argument("--username", default=None)
+    push.add_argument("--password-file", type=Path, default=None, help="file holding the broker password")
+    push.add_argument("--ca-file", type=Path, default=None, help="CA certificate: connect with TLS")
+    push.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the device's outcome")
+    demo = commands.add_parser("demo", help="train, export and run the edge service on a conveyor stream, end to end")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder (run, bundle, overlays...)")
+    demo.add_argument("--config", type=Path, default=Path("configs/train/demo.yaml"), help="YAML training config")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    demo.add_argument("--synthetic", action="store_true", help="train on generated parts even if the real set exists")
+    demo.add_argument("--fresh", action="store_true", help="remove the last demo's outputs and train again")
+    demo.add_argument("--no-evaluate", action="store_true", help="skip the evaluation on the labelled test images")
+    demo.add_argument("--parts", type=int, default=40, help="test parts on the conveyor")
+    demo.add_argument("--fps", type=float, default=2.0, help="conveyor frame rate (frames/s)")
+    demo.add_argument("--precision", choices=["int8", "auto", "fp16", "fp32"], default="int8", help="of the bundle")
+    demo.add_argument("--timeout", type=float, default=None, help="seconds to wait for every part's result")
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Exit 0 when every conveyor part got its result, 1 on a timeout (the summary says which are missing)."""
+    from export.demo import DemoError, DemoOptions, run_demo
+    from export.local_line import LocalLineError
+
+    options = DemoOptions(
+        out=args.out,
+        config=args.config,
+        overrides=tuple(args.overrides),
+        synthetic=args.synthetic,
+        fresh=args.fresh,
+        evaluate=not args.no_evaluate,
+        parts=args.parts,
+        fps=args.fps,
+        precision=args.precision,
+        stream_timeout_s=args.timeout,
+    )
+    try:
+        summary = run_demo(options)
+    except (DemoError, LocalLineError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # the broker and the service were stopped on the way out
+        print("demo interrupted", file=sys.stderr)
+        return 130
+    return 1 if summary.timed_out else 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    """Exit 0 when the device switched (or already ran the bundle), 1 when it refused, 2 on a usage problem."""
+    from export.push import Broker, Device, install_request, send_command
+
+    host, _, port = args.broker.partition(":")
+    password = args.password_file.read_text().splitlines()[0] if args.password_file else None
+    broker = Broker(host, int(port or 1883), args.username, password, args.ca_file)
+    device = Device(args.device, args.prefix)
+    if args.rollback:
+        command, body = "rollback", {}
+    else:
+        if not args.url:
+            raise ValueError("--bundle needs --url: where the device fetches it from")
+        command, body = "install", install_request(args.bundle, args.url)
+        print(f"installing {body['version']} (sha256 {body['sha256'][:12]}...) on {args.device}")
+    outcome = send_command(broker, device, command, body, args.timeout, lambda stage: print(f"  {stage}"))
+    if not outcome.ok:
+        print(f"refused: {outcome.reason or 'error'}: {outcome.detail}", file=sys.stderr)
+        return 1
+    print(f"{outcome.outcome} {outcome.version} on {args.device}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "push":
+            return _push(args)
         if args.command == "keygen":
             from export.signing import generate_keypair
 
@@ -47,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             manifest = build_bundle(args.run, args.out, args.sign_key, options)
             precisions = ", ".join(f"{n}={s.precision}" for n, s in manifest.networks.items())
             print(f"bundle: {args.out} (model {manifest.model_version}; {precisions})")
-    except (ConfigError, BundleError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, BundleError, PushError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

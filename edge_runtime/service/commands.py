@@ -81,4 +81,17 @@ class CommandRegistry:
     def _refuse(self, name: str, payload: bytes, reason: str) -> None:
         log.warning("command %s refused: %s", name, reason)
         shown = payload[:_SHOWN_PAYLOAD_CHARS].decode("utf-8", errors="replace")
-        self.reply({"command": name, "ok": False, "error": reason, "payload": shown})
+        answer = {"command": name, "ok": False, "error": reason, "payload": shown}
+        request_id = _request_id_of(payload)
+        if request_id is not None:  # lets the sender match the refusal to its request
+            answer["request_id"] = request_id
+        self.reply(answer)
+
+
+def _request_id_of(payload: bytes) -> str | None:
+    try:
+        body = parse_body(payload)
+    except CommandError:
+        return None
+    request_id = body.get("request_id")
+    return request_id if isinstance(request_id, str) and _PART_ID.match(request_id) else None

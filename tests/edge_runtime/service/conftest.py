@@ -1,13 +1,9 @@
-"""Service fixtures: a real mosquitto on a free loopback port, an MQTT listener, recorded parts on disk."""
+"""Service fixtures: an MQTT listener, recorded parts on disk, configs and services started in a thread."""
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,79 +15,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DATASETS = REPO_ROOT.parent / "shared" / "datasets"
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 PART_SIZE = (192, 160)  # width, height of the recorded frames; not the model size, so boxes are scaled
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Broker:
-    """mosquitto on 127.0.0.1; stop() and start() again keep the port. With `persistent`, sessions and queued
-    messages survive a restart (saved on SIGTERM), so a listener misses nothing while the broker is down."""
-
-    def __init__(self, folder: Path, persistent: bool = False) -> None:
-        self.port = free_port()
-        self.config = folder / "mosquitto.conf"
-        # `user`: mosquitto started as root would otherwise switch to `mosquitto` and not read the temp folder.
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", f"user {getpass.getuser()}"]
-        lines.append(f"persistence {str(persistent).lower()}")
-        if persistent:
-            lines.append(f"persistence_location {folder}/")
-        self.config.write_text("\n".join(lines) + "\n")
-        self.log = folder / "mosquitto.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with self.log.open("a") as log:
-            self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=log)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not start: {self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    server = Broker(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def new_broker(tmp_path: Path) -> Iterator:
-    """Make (not start) brokers whose config a test may rewrite, e.g. for TLS; all stopped afterwards."""
-    made: list[Broker] = []
-
-    def make(persistent: bool = False) -> Broker:
-        made.append(Broker(tmp_path, persistent))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.stop()
-
-
-@pytest.fixture
-def persistent_broker(tmp_path: Path) -> Iterator[Broker]:
-    server = Broker(tmp_path, persistent=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 class Listener:
@@ -236,89 +160,3 @@ def run_service(shared_inspector):
         service.stop()
         thread.join(timeout=20)
         assert not thread.is_alive(), "service did not stop"
-
-
-class BundleServer:
-    """A local HTTP file server for bundles, with byte ranges; `cut_next` makes the next response break off
-    halfway, as a flaky plant network would."""
-
-    def __init__(self, folder: Path) -> None:
-        from http.server import ThreadingHTTPServer
-
-        self.folder = folder
-        self.cut_next = 0
-        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}/{name}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def _handler_class(self):  # noqa: ANN202
-        from http.server import BaseHTTPRequestHandler
-
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # noqa: ANN002
-                pass
-
-            def do_GET(self) -> None:
-                owner.requests.append((self.path, self.headers.get("Range")))
-                path = owner.folder / self.path.lstrip("/")
-                if not path.is_file():
-                    self.send_error(404, "no such bundle")
-                    return
-                data = path.read_bytes()
-                start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
-                self.send_response(206 if start else 200)
-                if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                body = data[start:]
-                if owner.cut_next:
-                    owner.cut_next -= 1
-                    body = body[: len(body) // 2]  # the declared length is not reached: the client sees a cut
-                self.wfile.write(body)
-                self.wfile.flush()
-                self.close_connection = True
-
-        return Handler
-
-
-@pytest.fixture
-def bundle_server(tmp_path: Path) -> Iterator[BundleServer]:
-    folder = tmp_path / "served"
-    folder.mkdir()
-    server = BundleServer(folder)
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="session")
-def repack():
-    return repack_bundle
-
-
-def repack_bundle(slot: Path, out: Path, private_key_file: Path, version: str, edit=None) -> Path:  # noqa: ANN001
-    """The installed bundle in `slot` packed again as `version` and signed; `edit(manifest_dict)` may change
-    the manifest first (e.g. reference scores)."""
-    from edge_runtime.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
-    from export.packing import write_bundle
-    from export.signing import load_private_key
-
-    staging = out.parent / f"{out.stem}-staging"
-    shutil.copytree(slot, staging, ignore=shutil.ignore_patterns(MANIFEST_NAME, SIGNATURE_NAME))
-    fields = Manifest.parse((slot / MANIFEST_NAME).read_bytes()).model_dump()
-    fields.update(model_version=version, files={})
-    if edit is not None:
-        edit(fields)
-    write_bundle(staging, Manifest.model_validate(fields), out, load_private_key(private_key_file))
-    shutil.rmtree(staging)
-    return out

@@ -1,0 +1,118 @@
+"""A production line on one machine: a local mosquitto on a free port and the edge service as a child process,
+both stopped again however the caller leaves."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SERVICE_STOP_S = 30.0
+
+
+class LocalLineError(RuntimeError):
+    """The broker or the service could not be started; the message says why and where the log is."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()), None
+    )
+    if found is None:
+        raise LocalLineError("mosquitto not found: install it (`make setup` does, or `apt-get install mosquitto`)")
+    return found
+
+
+class LocalBroker:
+    """mosquitto on a free loopback port with its own config in `folder`; stopped on leaving the context."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = 0
+        self.log = folder / "mosquitto.log"
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> LocalBroker:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):  # another program may take the free port before mosquitto binds it
+            if self._start_on(free_port()):
+                return self
+        raise LocalLineError(f"mosquitto did not start; its log {self.log}:\n{self.log.read_text()[-2000:]}")
+
+    def _start_on(self, port: int) -> bool:
+        config = self.folder / "mosquitto.conf"
+        # `user`: started as root, mosquitto would switch to the `mosquitto` user, which cannot read this folder.
+        lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false", f"user {getpass.getuser()}"]
+        config.write_text("\n".join(lines) + "\n")
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen([mosquitto_binary(), "-c", str(config)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.process.poll() is None:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                self.port = port
+                return True
+            time.sleep(0.05)
+        self.__exit__()
+        return False
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None:
+            stop_process(self.process, 10)
+            self.process = None
+
+
+def stop_process(process: subprocess.Popen, wait_s: float) -> int | None:
+    """SIGTERM, then SIGKILL if it has not ended within wait_s; returns its exit code."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    return process.returncode
+
+
+class ServiceProcess:
+    """`python -m edge_runtime run --config ...` as a child process, its output in a log file."""
+
+    def __init__(self, config_path: Path, log_path: Path) -> None:
+        self.command = [sys.executable, "-m", "edge_runtime", "run", "--config", str(config_path)]
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> ServiceProcess:
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        code = stop_process(self.process, SERVICE_STOP_S)
+        self.process = None
+        return code
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

@@ -1,0 +1,69 @@
+"""Pushing updates to a running device: the host tool against a real broker and a real service."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from export.__main__ import main
+from export.push import Broker, Device, PushError, bundle_version, install_request, send_command
+
+
+@pytest.fixture
+def device(broker, bundle, keys, tmp_path):
+    """A running service with the signed 1.0.0 bundle, answering commands on test/cam1."""
+    from edge_runtime.service.service import Service
+    from edge_runtime.service.service_config import parse_config
+
+    raw = {
+        "bundle": {"archive": str(bundle[0]), "trusted_keys": [str(keys[1])]},
+        "state_dir": str(tmp_path / "state"),
+        "camera": {"pipeline": "videotestsrc is-live=true ! video/x-raw,width=96,height=96,framerate=5/1"},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "prefix": "test", "device_id": "cam1"},
+        "heatmaps": {"publish": "off"},
+        "openvino": {"threads": 1},
+    }
+    service = Service(parse_config(raw, "push test config"))
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    assert service.started.wait(60)
+    yield service
+    service.stop()
+    thread.join(20)
+
+
+def test_push_installs_reports_stages_and_rolls_back(device, broker, slot, keys, repack, tmp_path, capsys):
+    v2 = repack(slot, tmp_path / "v2.tar", keys[0], "2.0.0")
+    assert bundle_version(v2) == "2.0.0"
+    target, device_name = Broker("127.0.0.1", broker.port), Device("cam1", prefix="test")
+    seen: list[str] = []
+    outcome = send_command(target, device_name, "install", install_request(v2, str(v2)), 120, seen.append)
+    assert (outcome.ok, outcome.outcome, outcome.version) == (True, "installed", "2.0.0")
+    assert seen[0] == "downloading" and seen[-1] == "switching" and "health_check" in seen
+
+    again = send_command(target, device_name, "install", install_request(v2, str(v2)), 30)
+    assert (again.ok, again.outcome) == (True, "already_active")
+
+    code = main(["push", "--rollback", "--broker", f"127.0.0.1:{broker.port}", "--prefix", "test", "--device", "cam1"])
+    assert code == 0 and "rolled_back 1.0.0" in capsys.readouterr().out
+    assert device.updater.state.active.version == "1.0.0"
+
+
+def test_push_reports_a_refusal_with_its_reason_and_exit_code(device, broker, bundle, tmp_path, capsys):
+    renamed = tmp_path / "v1-again.tar"
+    data = bundle[0].read_bytes()
+    renamed.write_bytes(data[: len(data) // 2])  # cut off in transit
+    args = ["push", "--bundle", str(renamed), "--url", str(renamed), "--broker", f"127.0.0.1:{broker.port}"]
+    code = main([*args, "--prefix", "test", "--device", "cam1"])
+    captured = capsys.readouterr()
+    assert code == 1 and "refused" in captured.err and "not_a_bundle" in captured.err, captured
+
+
+def test_push_names_an_unreachable_broker_and_a_bad_bundle(tmp_path):
+    with pytest.raises(PushError, match="cannot reach the broker"):
+        send_command(Broker("127.0.0.1", 1), Device("cam1"), "rollback", {}, 5)
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar")
+    with pytest.raises(PushError, match="is not a readable bundle"):
+        bundle_version(junk)
