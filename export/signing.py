@@ -29,6 +29,8 @@ def generate_keypair(private_path: Path, public_path: Path) -> None:
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    for folder in {private_path.parent, public_path.parent}:
+        folder.mkdir(parents=True, exist_ok=True)
     _write_new(private_path, private_pem, 0o600)
     try:
         _write_new(public_path, public_pem, 0o644)

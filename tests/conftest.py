@@ -66,6 +66,17 @@ TINY_CONFIG = {
 
 
 @pytest.fixture(scope="session")
+def tiny_training_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny training settings as a config file whose data root does not exist (for the synthetic set)."""
+    import yaml
+
+    path = tmp_path_factory.mktemp("configs") / "tiny.yaml"
+    raw = {**TINY_CONFIG, "data": {**TINY_CONFIG["data"], "root": "not-there"}}
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_config(tiny_dataset: Path):
     from train_host.config import parse_config
 

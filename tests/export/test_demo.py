@@ -22,14 +22,6 @@ from train_host.dataset import list_test_samples, read_image
 from train_host.synthetic_parts import SyntheticSetSpec, write_synthetic_set
 
 TINY_PARTS = SyntheticSetSpec(train_good=12, test_good=3, test_per_defect=2, size=(64, 64))
-TINY_TRAINING = {
-    "data": {"root": "not-there", "image_size": [64, 64], "color": "gray", "holdout_fraction": 0.25},
-    "autoencoder": {"iterations": 20, "batch_size": 4, "crop_size": 64},
-    "unet": {"iterations": 20, "batch_size": 4, "base_channels": 16},
-    "adaptation": {"iterations": 2, "batch_size": 2},
-    "memory": {"coreset_size": 200},
-    "threads": 2,
-}
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +29,11 @@ def synthetic_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_set(tmp_path_factory.mktemp("synthetic") / "parts", TINY_PARTS)
 
 
-def test_demo_goes_from_synthetic_data_to_a_summary_that_matches_the_truth_file(tmp_path, capsys, monkeypatch):
+def test_demo_goes_from_synthetic_data_to_a_summary_that_matches_the_truth_file(
+    tmp_path, capsys, monkeypatch, tiny_training_yaml
+):
     monkeypatch.setenv("D3AD_QUIET", "1")
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(TINY_TRAINING))
+    config = tiny_training_yaml
     out = tmp_path / "demo"
     options = DemoOptions(
         out=out,
@@ -179,7 +172,7 @@ def test_summary_figures_of_an_empty_stream_are_none_not_zero():
     assert LatencyStats.of([3.0, 1.0, 2.0]) == LatencyStats(2.0, 2.0, 3.0)
 
 
-def test_bad_demo_inputs_are_named(tmp_path, synthetic_set, capsys):
+def test_bad_demo_inputs_are_named(tmp_path, synthetic_set, capsys, tiny_training_yaml):
     samples = list_test_samples(synthetic_set)
     with pytest.raises(ValueError, match="at least 2 parts"):
         choose_parts(samples, 1, 0)
@@ -191,8 +184,7 @@ def test_bad_demo_inputs_are_named(tmp_path, synthetic_set, capsys):
         load_truth(tmp_path)
     assert main(["demo", "--out", str(tmp_path / "d"), "--config", str(tmp_path / "none.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(TINY_TRAINING))
+    config = tiny_training_yaml
     # Checked before any training starts: nothing is written.
     for flags, reason in [(["--parts", "1"], "at least 2 parts"), (["--fps", "0"], "frame rate must be in")]:
         assert main(["demo", "--out", str(tmp_path / "d"), "--config", str(config), *flags]) == 2

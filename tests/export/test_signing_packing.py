@@ -91,8 +91,7 @@ def staging(tmp_path: Path) -> Path:
 
 def test_generate_keypair_load_and_sign(tmp_path: Path) -> None:
     private_path, public_path = tmp_path / "keys" / "signing.pem", tmp_path / "keys" / "signing.pub"
-    private_path.parent.mkdir()
-    generate_keypair(private_path, public_path)
+    generate_keypair(private_path, public_path)  # the keys folder is made as needed
     assert stat.S_IMODE(private_path.stat().st_mode) == 0o600
     assert private_path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
     assert public_path.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
