@@ -21,9 +21,9 @@ ABLATIONS = (
     Ablation("fixed_noise", "fixed noise level t=60 instead of dynamic", ("inspection.dynamic_noise=false",)),
     Ablation("added_noise", "added Gaussian noise instead of noiseless scaling", ("inspection.add_noise=true",)),
     Ablation(
-        "no_adaptation",
-        "ImageNet backbone for the feature map (no domain adaptation)",
-        ("inspection.use_adapted_backbone=false",),
+        "adaptation",
+        "domain-adapted backbone for the feature map instead of ImageNet's",
+        ("inspection.use_adapted_backbone=true",),
     ),
     Ablation("knn_only", "KNN patch map only", ("inspection.map_weights.latent=0", "inspection.map_weights.feature=0")),
     Ablation("reconstruction_only", "reconstruction maps only (no KNN map fused)", ("inspection.map_weights.knn=0",)),

@@ -28,7 +28,7 @@ def test_evaluate_needs_a_finished_run(tmp_path, capsys):
 
 def test_ablation_rows_cover_the_method_and_name_their_commands():
     tags = [a.tag for a in ABLATIONS]
-    assert tags[0] == "full" and {"fixed_noise", "added_noise", "no_adaptation", "knn_only"} <= set(tags)
+    assert tags[0] == "full" and {"fixed_noise", "added_noise", "adaptation", "knn_only"} <= set(tags)
     assert command_for(Path("runs/x"), ABLATIONS[1]) == (
         "python -m train_host evaluate --run runs/x --tag fixed_noise --set inspection.dynamic_noise=false"
     )
