@@ -256,12 +256,26 @@ class Service:
             trigger = self._triggers.get(timeout=_IDLE_WAIT_S)
         except queue.Empty:
             return
-        frame = self.source.take(after=trigger.received, timeout=self.config.camera.frame_timeout_s)
+        frame = self._frame_after(trigger.received, self.config.camera.frame_timeout_s)
         if frame is None:
             reason = f"no frame arrived within {self.config.camera.frame_timeout_s:g} s of the trigger"
             self._reply({"command": "trigger", "ok": False, "part_id": trigger.part_id, "error": reason})
             return
         self._inspect(frame, trigger.part_id)
+
+    def _frame_after(self, received: float, timeout_s: float) -> Frame | None:
+        """Wait for a frame newer than `received` in short slices, so the loop keeps ticking (watchdog, health)."""
+        assert self.source is not None
+        deadline = time.monotonic() + timeout_s
+        while not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            frame = self.source.take(after=received, timeout=min(_IDLE_WAIT_S, remaining))
+            if frame is not None:
+                return frame
+            self._notify(self.tick_listeners)
+        return None
 
     def _inspect(self, frame: Frame, part_id: str) -> None:
         assert self.inspector is not None and self.outbox is not None and self.publisher is not None

@@ -131,3 +131,26 @@ def test_commands_malformed_ones_are_answered_with_errors(broker, listen, make_c
     stats = listener.payloads("/stats")[-1]
     assert stats["inspected"] == 1 and stats["outbox"]["depth"] == 0 and stats["frames_in"] > 0
     assert service.source.dropped == 0, "unused frames between triggers are not drops"
+
+
+def test_the_loop_keeps_turning_while_a_trigger_waits_for_its_frame(broker, listen, make_config, run_service):
+    """The watchdog and /healthz follow the loop's turns; waiting for a late frame must not look like a hang."""
+    listener = listen(broker.port, "test")
+    # Five frames, then end of stream and a long reconnect pause: a trigger after that waits in vain.
+    pipeline = "videotestsrc is-live=true num-buffers=5 ! video/x-raw,width=160,height=120,framerate=10/1"
+    camera = {"pipeline": pipeline, "frame_timeout_s": 2, "reconnect_min_s": 20, "reconnect_max_s": 20}
+    service = run_service(make_config(broker.port, mode={"kind": "triggered"}, camera=camera))
+    turns: list[float] = []
+    service.tick_listeners.append(lambda: turns.append(time.monotonic()))
+    listener.wait_for(lambda: service.source.frames_in >= 5, 15, "the camera's five frames")
+    asked = time.monotonic()
+    listener.publish("test/cam1/cmd/trigger", json.dumps({"part_id": "P-late"}))
+
+    def refusal() -> list[dict]:
+        return [r for r in listener.payloads("/reply") if r.get("part_id") == "P-late" and not r["ok"]]
+
+    listener.wait_for(refusal, 10, "the trigger's refusal")
+    assert "no frame arrived within 2 s" in refusal()[0]["error"]
+    during = [t for t in turns if t > asked]
+    assert len(during) >= 8, f"{len(during)} loop turns in the 2 s wait"
+    assert max(b - a for a, b in zip(during, during[1:], strict=False)) < 1.0
