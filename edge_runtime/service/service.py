@@ -225,7 +225,7 @@ class Service:
         if self.operator_view is not None:
             self.operator_view.stop()
 
-    def _loop(self, stopping) -> None:  # noqa: ANN001 - a zero-argument predicate
+    def _loop(self, stopping: Callable[[], bool]) -> None:
         next_stats = time.monotonic() + self.config.stats_interval_s
         next_frame_due = 0.0
         continuous = self.config.mode.kind == "continuous"
@@ -238,7 +238,7 @@ class Service:
                 self.publish_stats()
                 next_stats = time.monotonic() + self.config.stats_interval_s
             if not continuous:
-                self._serve_trigger()
+                self._serve_trigger(stopping)
                 continue
             frame = self.source.take(timeout=_IDLE_WAIT_S)
             if frame is None:
@@ -250,24 +250,24 @@ class Service:
             self.produced += 1
             self._inspect(frame, self.part_id(self.produced))
 
-    def _serve_trigger(self) -> None:
+    def _serve_trigger(self, stopping: Callable[[], bool]) -> None:
         assert self.source is not None
         try:
             trigger = self._triggers.get(timeout=_IDLE_WAIT_S)
         except queue.Empty:
             return
-        frame = self._frame_after(trigger.received, self.config.camera.frame_timeout_s)
+        frame = self._frame_after(trigger.received, self.config.camera.frame_timeout_s, stopping)
         if frame is None:
             reason = f"no frame arrived within {self.config.camera.frame_timeout_s:g} s of the trigger"
             self._reply({"command": "trigger", "ok": False, "part_id": trigger.part_id, "error": reason})
             return
         self._inspect(frame, trigger.part_id)
 
-    def _frame_after(self, received: float, timeout_s: float) -> Frame | None:
+    def _frame_after(self, received: float, timeout_s: float, stopping: Callable[[], bool]) -> Frame | None:
         """Wait for a frame newer than `received` in short slices, so the loop keeps ticking (watchdog, health)."""
         assert self.source is not None
         deadline = time.monotonic() + timeout_s
-        while not self._stop.is_set():
+        while not stopping():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
