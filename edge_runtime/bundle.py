@@ -26,6 +26,7 @@ __all__ = [
     "install_bundle",
     "load_installed",
     "load_trusted_keys",
+    "sha256_of_file",
     "verify_bundle",
 ]
 
@@ -130,9 +131,7 @@ def load_installed(slot_dir: Path, trusted_keys: Sequence[Ed25519PublicKey] | No
             raise BundleError("unsafe_path", f"{source}: {name} is a symbolic link or leads outside the slot")
         if not path.is_file():
             raise BundleError("missing_file", f"{source}: {name} is listed in {MANIFEST_NAME} but missing")
-        with path.open("rb") as stream:
-            actual = _sha256_of_chunks(iter(lambda: stream.read(_CHUNK_BYTES), b""))
-        _check_hash(name, expected, actual, source)
+        _check_hash(name, expected, sha256_of_file(path), source)
     return manifest
 
 
@@ -279,6 +278,12 @@ def _in_archive_order(members: dict[str, tarfile.TarInfo]) -> list[tuple[str, ta
     """Payload members sorted by position, so a compressed archive is read front to back once."""
     payload = [(name, member) for name, member in members.items() if name not in RESERVED_NAMES]
     return sorted(payload, key=lambda item: item[1].offset_data)
+
+
+def sha256_of_file(path: Path) -> str:
+    """Lowercase hex sha256 of a file, read in chunks."""
+    with Path(path).open("rb") as stream:
+        return _sha256_of_chunks(iter(lambda: stream.read(_CHUNK_BYTES), b""))
 
 
 def _sha256_of_chunks(chunks: Iterator[bytes]) -> str:

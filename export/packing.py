@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import stat
@@ -13,13 +12,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
-from edge_runtime.bundle import BundleError, verify_bundle
+from edge_runtime.bundle import BundleError, sha256_of_file, verify_bundle
 from edge_runtime.manifest import MANIFEST_NAME, RESERVED_NAMES, SIGNATURE_NAME, Manifest, path_problem
 from export.signing import sign
 
 __all__ = ["PackingError", "hash_staging", "write_bundle"]
 
-_CHUNK_BYTES = 1 << 20
 _FILE_MODE = 0o644
 _FOLDER_MODE = 0o755
 
@@ -84,18 +82,10 @@ def _scan(staging_dir: Path) -> tuple[dict[str, str], list[str]]:
             elif stat.S_ISREG(mode):
                 if relative in RESERVED_NAMES:
                     raise PackingError(f"staging folder {staging_dir} holds {relative}, a name the bundle reserves")
-                files[relative] = _sha256_of_file(path)
+                files[relative] = sha256_of_file(path)
             else:
                 raise PackingError(f"staging folder {staging_dir} holds a special file: {relative}")
     return dict(sorted(files.items())), sorted(folders)
-
-
-def _sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_tar(

@@ -3,7 +3,6 @@ progress on its retained `model` topic until its final reply says how it ended."
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import tarfile
@@ -16,7 +15,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge_runtime.bundle import BundleError
+from edge_runtime.bundle import BundleError, sha256_of_file
 from edge_runtime.manifest import MANIFEST_NAME, Manifest
 
 
@@ -71,7 +70,7 @@ def bundle_version(bundle: Path) -> str:
 
 def install_request(bundle: Path, url: str) -> dict[str, Any]:
     """The `cmd/install` body for a bundle that the device will fetch from `url`."""
-    digest = hashlib.sha256(Path(bundle).read_bytes()).hexdigest()
+    digest = sha256_of_file(bundle)
     return {"url": url, "version": bundle_version(bundle), "sha256": digest, "request_id": new_request_id()}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import shutil
 import ssl
@@ -12,6 +11,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from edge_runtime.bundle import sha256_of_file
 
 DownloadErrorReason = Literal["download_failed", "too_large", "sha256_mismatch"]
 
@@ -38,14 +39,6 @@ class DownloadLimits:
     attempts: int
     ca_file: Path | None = None
     max_unpacked_bytes: int = 8 * 1024**3  # what the verified archive may expand to
-
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch(source: str, target: Path, expected_sha256: str, limits: DownloadLimits) -> Path:

@@ -128,9 +128,13 @@ class ModelStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def holds(self, slot: Path) -> bool:
+        """Whether `slot` is one of the store's folders (not a slot the config names elsewhere)."""
+        return slot.resolve().parent == self.root.resolve()
+
     def remove(self, slot: Path) -> None:
         """Delete a slot of the store; slots the config names (outside the store) are never touched."""
-        if slot.resolve().parent == self.root.resolve():
+        if self.holds(slot):
             shutil.rmtree(slot, ignore_errors=True)
 
     def prune(self, state: ModelState) -> None:
@@ -148,10 +152,9 @@ class ModelStore:
 
 def new_model(version: str, slot: Path, store: ModelStore, sha256: str | None, source: str) -> InstalledModel:
     """A record for a slot; slots inside the store are kept by name so the state dir can move."""
-    inside = slot.resolve().parent == store.root.resolve()
     return InstalledModel(
         version=version,
-        slot=slot.name if inside else str(slot.resolve()),
+        slot=slot.name if store.holds(slot) else str(slot.resolve()),
         sha256=sha256,
         source=source,
         installed_at=utc_now(),

@@ -16,12 +16,12 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import Field, ValidationError
 
-from edge_runtime.bundle import BundleError, load_installed
+from edge_runtime.bundle import BundleError, load_installed, sha256_of_file
 from edge_runtime.inspector import Inspector
 from edge_runtime.manifest import Manifest
 from edge_runtime.openvino_networks import RuntimeOptions
 from edge_runtime.service.commands import CommandError
-from edge_runtime.service.download import DownloadError, DownloadLimits, fetch, sha256_of_file
+from edge_runtime.service.download import DownloadError, DownloadLimits, fetch
 from edge_runtime.service.messages import utc_now
 from edge_runtime.service.model_store import (
     InstalledModel,
@@ -31,7 +31,7 @@ from edge_runtime.service.model_store import (
     UpdateRecord,
     new_model,
 )
-from edge_runtime.service.service_config import BundleConfig
+from edge_runtime.service.service_config import BundleConfig, describe_problem
 from edge_runtime.settings import StrictModel
 
 log = logging.getLogger(__name__)
@@ -373,10 +373,7 @@ def _parse(model: type[StrictModel], body: dict[str, Any]) -> Any:
     try:
         return model.model_validate(body)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in problem['loc']) or '(body)'}: {problem['msg']}" for problem in error.errors()
-        )
-        raise CommandError(problems) from error
+        raise CommandError("; ".join(describe_problem(problem) for problem in error.errors())) from error
 
 
 def _fetch(request: InstallRequest, target: Path, limits: DownloadLimits) -> Path:

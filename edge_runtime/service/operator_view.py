@@ -19,8 +19,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from edge_runtime.preprocess import to_uint8_image
-from edge_runtime.service.messages import heatmap_jpeg
 from edge_runtime.service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edge_runtime.service.metrics import HistogramSnapshot, LatencyHistogram, MetricsSample, render_metrics
 from edge_runtime.service.operator_page import PAGE_HTML
@@ -172,11 +170,8 @@ class OverlayCache:
     def jpeg_for(self, part: InspectedPart) -> bytes:
         with self._lock:
             if self._part_id != part.part_id:
-                # The model that judged the part, which may no longer be the active one.
-                inspector = part.inspector
-                model_image = to_uint8_image(inspector.prepare(part.frame.image))
-                pixel_threshold = inspector.calibration.pixel_threshold
-                self._jpeg = heatmap_jpeg(model_image, part.result, pixel_threshold, self.quality)
+                # Drawn with the model that judged the part, which may no longer be the active one.
+                self._jpeg = part.overlay_jpeg(self.quality)
                 self._part_id = part.part_id
             return self._jpeg
 

@@ -58,6 +58,11 @@ class InspectedPart:
     payload: dict[str, Any]  # the JSON published on `result`
     inspector: Inspector  # the model that judged it (models can be swapped between frames)
 
+    def overlay_jpeg(self, quality: int) -> bytes:
+        """The heatmap overlay at model size (where the map and boxes live), drawn with the judging model."""
+        model_image = to_uint8_image(self.inspector.prepare(self.frame.image))
+        return heatmap_jpeg(model_image, self.result, self.inspector.calibration.pixel_threshold, quality)
+
 
 @dataclass(frozen=True)
 class Trigger:
@@ -304,8 +309,8 @@ class Service:
             return
         self.publisher.wake()
         self.stats.record(latency_ms, result.is_defect)
-        self._publish_heatmap(frame, part_id, result)
         part = InspectedPart(part_id, frame, result, latency_ms, payload, inspector)
+        self._publish_heatmap(part)
         self._notify(self.result_listeners, part)
 
     @staticmethod
@@ -316,15 +321,14 @@ class Service:
             except Exception:  # an observer's bug must not cost a part
                 log.exception("listener %r failed", listener)
 
-    def _publish_heatmap(self, frame: Frame, part_id: str, result: InspectionResult) -> None:
-        assert self.inspector is not None and self.publisher is not None
+    def _publish_heatmap(self, part: InspectedPart) -> None:
+        assert self.publisher is not None
         wanted = self.config.heatmaps.publish
-        if wanted == "off" or (wanted == "defects" and not result.is_defect) or not self.publisher.connected.is_set():
+        defect = part.result.is_defect
+        if wanted == "off" or (wanted == "defects" and not defect) or not self.publisher.connected.is_set():
             return
-        model_image = to_uint8_image(self.inspector.prepare(frame.image))
-        pixel_threshold = self.inspector.calibration.pixel_threshold
-        jpeg = heatmap_jpeg(model_image, result, pixel_threshold, self.config.heatmaps.jpeg_quality)
-        self.publisher.send(self.topics.heatmap(part_id), jpeg, HEATMAP_QOS)
+        jpeg = part.overlay_jpeg(self.config.heatmaps.jpeg_quality)
+        self.publisher.send(self.topics.heatmap(part.part_id), jpeg, HEATMAP_QOS)
 
     def _shut_down(self) -> None:
         self.state = "stopping"
