@@ -1,4 +1,4 @@
-"""Anomaly-detection metrics: ROC/AUROC, pixel AUROC, AUPRO and F1.
+"""Anomaly-detection metrics: ROC/AUROC, pixel AUROC, AUPRO, F1, recall and false-alarm rate.
 
 Only numpy (plus cv2 for connected components) is used, so the module can run
 on the training host without torch or sklearn.
@@ -13,11 +13,13 @@ import numpy as np
 
 __all__ = [
     "F1Result",
+    "OperatingPoint",
     "RocCurve",
     "aupro",
     "auroc",
     "best_f1",
     "f1_at_threshold",
+    "operating_point",
     "pixel_auroc",
     "roc_curve",
 ]
@@ -44,6 +46,27 @@ class F1Result:
     recall: float
     f1: float
     threshold: float
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """What a line sees at one image threshold: defects caught and good parts rejected."""
+
+    threshold: float
+    defects: int
+    defects_found: int
+    goods: int
+    false_alarms: int
+
+    @property
+    def recall(self) -> float:
+        """Fraction of defective images at or above the threshold."""
+        return self.defects_found / self.defects
+
+    @property
+    def false_alarm_rate(self) -> float:
+        """Fraction of good images at or above the threshold."""
+        return self.false_alarms / self.goods
 
 
 # --------------------------------------------------------------------------- #
@@ -187,30 +210,28 @@ def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
 # --------------------------------------------------------------------------- #
 
 
-def _detected_per_threshold(hist: np.ndarray) -> np.ndarray:
-    """Turn counts per bin into counts with ``value >= thresholds[k]``.
+def _region_weights(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per pixel, 1 / size of its 8-connected defect region (0 on good pixels), and the number of regions."""
+    count, labels = cv2.connectedComponents(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=8)
+    sizes = np.bincount(labels.ravel(), minlength=count).astype(np.float64)
+    inverse = np.zeros(count, dtype=np.float64)
+    inverse[1:] = 1.0 / sizes[1:]
+    return inverse[labels], count - 1
 
-    ``hist[..., c]`` counts values with exactly ``c`` thresholds <= value, so a
-    value passes threshold ``k`` iff ``c >= k + 1``.
-    """
-    at_least = np.cumsum(hist[..., ::-1], axis=-1)[..., ::-1]
-    return at_least[..., 1:]
+
+def _kth_largest(values: np.ndarray, k: int) -> float:
+    return float(np.partition(values, values.size - k)[values.size - k])
 
 
-def aupro(
-    maps: np.ndarray,
-    masks: np.ndarray,
-    fpr_limit: float = 0.3,
-    num_thresholds: int = 200,
-) -> float:
-    """Normalised area under the PRO curve up to ``fpr_limit`` (MVTec AD protocol).
+def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
+    """Normalised area under the exact PRO curve up to ``fpr_limit`` (MVTec AD protocol).
 
-    Each 8-connected region of each mask is one region. For a threshold t,
-    PRO(t) is the mean over regions of the fraction of region pixels with
-    ``map >= t`` and FPR(t) the fraction of good pixels with ``map >= t``.
-    The curve is sampled on ``num_thresholds`` thresholds from the map
-    minimum to just above the maximum, integrated with the trapezoid rule up
-    to ``fpr_limit`` (linearly interpolated there) and divided by
+    Each 8-connected region of each mask is one region. Every distinct map
+    value t is a threshold: PRO(t) is the mean over regions of the fraction of
+    region pixels with ``map >= t`` and FPR(t) the fraction of good pixels with
+    ``map >= t``. The points, from (0, 0) on, are joined by straight lines
+    (tied good and defect pixels move together), integrated with the trapezoid
+    rule up to ``fpr_limit`` (linearly interpolated there) and divided by
     ``fpr_limit``, giving a value in [0, 1].
     """
     maps = np.asarray(maps)
@@ -220,52 +241,43 @@ def aupro(
         raise ValueError(f"maps and masks must have shape (N, H, W), got {maps.shape}")
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    if num_thresholds < 2:
-        raise ValueError(f"num_thresholds must be at least 2, got {num_thresholds}")
     if maps.size == 0:
         raise ValueError("maps and masks are empty")
-
-    lo = float(maps.min())
-    hi = float(maps.max())
-    # Infinite values would turn the evenly spaced threshold grid into NaN.
-    if not (np.isfinite(lo) and np.isfinite(hi)):
+    if not np.isfinite(maps).all():
         raise ValueError("maps contain NaN or infinite values")
-    # The extra top threshold lies strictly above every value: FPR = PRO = 0.
-    thresholds = np.append(np.linspace(lo, hi, num_thresholds - 1), np.nextafter(hi, np.inf))
-    n_bins = num_thresholds + 1
-
-    good_hist = np.zeros(n_bins, dtype=np.int64)
-    pro_sum = np.zeros(num_thresholds, dtype=np.float64)
-    n_regions = 0
-    # One image at a time keeps the int64 bin indices small and is where the
-    # connected components have to be computed anyway.
-    for image_map, image_mask in zip(maps, masks, strict=True):
-        bins = np.searchsorted(thresholds, image_map.astype(np.float64, copy=False), side="right")
-        defect = image_mask != 0
-        good_hist += np.bincount(bins[~defect], minlength=n_bins)
-        if not defect.any():
-            continue
-        n_labels, region_map = cv2.connectedComponents(np.ascontiguousarray(defect, dtype=np.uint8), connectivity=8)
-        n_img_regions = n_labels - 1
-        region_ids = region_map[defect].astype(np.int64) - 1
-        region_hist = np.bincount(region_ids * n_bins + bins[defect], minlength=n_img_regions * n_bins).reshape(
-            n_img_regions, n_bins
-        )
-        region_sizes = region_hist.sum(axis=1, keepdims=True)
-        pro_sum += (_detected_per_threshold(region_hist) / region_sizes).sum(axis=0)
-        n_regions += n_img_regions
-
-    if n_regions == 0:
-        raise ValueError("masks contain no defect region; AUPRO is undefined")
-    n_good = int(good_hist.sum())
+    defect = masks != 0
+    n_good = int(defect.size - np.count_nonzero(defect))
     if n_good == 0:
         raise ValueError("masks contain no good (zero) pixels; AUPRO is undefined")
 
-    # Thresholds ascend, so reverse to get FPR ascending from 0 to 1.
-    fpr = (_detected_per_threshold(good_hist) / n_good)[::-1]
-    pro = (pro_sum / n_regions)[::-1]
+    # The curve up to the limit ends at the first point with FPR >= limit, the threshold of the k-th largest good
+    # value: only pixels at or above it shape that part, so only they are sorted. A larger k only keeps more
+    # pixels, so one is added against rounding in the product.
+    k = min(n_good, int(np.ceil(fpr_limit * n_good)) + 1)
+    floor = _kth_largest(maps[~defect], k)
+    values, good_steps, pro_steps = [], [], []
+    n_regions = 0
+    for image_map, image_defect in zip(maps, defect, strict=True):
+        weights, count = _region_weights(image_defect)
+        n_regions += count
+        kept = image_map >= floor
+        values.append(image_map[kept])
+        good_steps.append(~image_defect[kept])
+        pro_steps.append(weights[kept])
+    if n_regions == 0:
+        raise ValueError("masks contain no defect region; AUPRO is undefined")
 
-    # First point at or beyond the limit; fpr[0] == 0 < limit <= fpr[-1] == 1.
+    value = np.concatenate(values)
+    order = np.argsort(value, kind="stable")[::-1]
+    value = value[order]
+    # One point per distinct value, after all pixels tied at it.
+    last_of_run = np.append(np.flatnonzero(np.diff(value) != 0), value.size - 1)
+    false_positives = np.cumsum(np.concatenate(good_steps)[order], dtype=np.int64)[last_of_run]
+    region_sum = np.cumsum(np.concatenate(pro_steps)[order])[last_of_run]
+    fpr = np.concatenate(([0.0], false_positives / n_good))
+    pro = np.concatenate(([0.0], region_sum / n_regions))
+
+    # First point at or beyond the limit; fpr[0] == 0 < limit <= fpr[-1].
     end = int(np.searchsorted(fpr, fpr_limit, side="left"))
     x0, x1 = fpr[end - 1], fpr[end]
     y0, y1 = pro[end - 1], pro[end]
@@ -315,3 +327,23 @@ def best_f1(scores: np.ndarray, labels: np.ndarray) -> F1Result:
     f1 = 2.0 * tps / (2 * tps + fps + fns)
     best = int(np.argmax(f1))
     return _f1_from_counts(int(tps[best]), int(fps[best]), int(fns[best]), float(s_sorted[last_of_run[best]]))
+
+
+# --------------------------------------------------------------------------- #
+# Operating point
+# --------------------------------------------------------------------------- #
+
+
+def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> OperatingPoint:
+    """Counts when ``score >= threshold`` is judged defective; needs both good and defective samples."""
+    s, y = _prepare_scores_labels(scores, labels)
+    n_pos = int(y.sum())
+    _require_both_classes(n_pos, y.size - n_pos)
+    predicted = s >= threshold
+    return OperatingPoint(
+        threshold=float(threshold),
+        defects=n_pos,
+        defects_found=int(np.count_nonzero(predicted & y)),
+        goods=int(y.size - n_pos),
+        false_alarms=int(np.count_nonzero(predicted & ~y)),
+    )

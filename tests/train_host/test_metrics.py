@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
+from sklearn.metrics import roc_auc_score
 
 from train_host.metrics import (
     F1Result,
@@ -12,6 +14,7 @@ from train_host.metrics import (
     auroc,
     best_f1,
     f1_at_threshold,
+    operating_point,
     pixel_auroc,
     roc_curve,
 )
@@ -258,6 +261,99 @@ def test_aupro_argument_errors() -> None:
         aupro(maps, masks, fpr_limit=0.0)
     with pytest.raises(ValueError, match="N, H, W"):
         aupro(maps[0], masks[0])
+
+
+def _slow_aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float) -> float:
+    """The protocol written out: every distinct value a threshold, regions from scipy, segments clipped."""
+    eight = np.ones((3, 3), dtype=int)
+    regions = []
+    for index, mask in enumerate(masks):
+        labelled, count = ndimage.label(mask != 0, structure=eight)
+        regions += [(index, labelled == region) for region in range(1, count + 1)]
+    good = masks == 0
+    points = [(0.0, 0.0)]
+    for threshold in sorted(np.unique(maps), reverse=True):
+        above = maps >= threshold
+        fpr = np.count_nonzero(above & good) / np.count_nonzero(good)
+        pro = np.mean([np.count_nonzero(above[i] & region) / np.count_nonzero(region) for i, region in regions])
+        points.append((fpr, pro))
+    area = 0.0
+    for (x0, y0), (x1, y1) in zip(points[:-1], points[1:], strict=True):
+        if x0 >= fpr_limit:
+            break
+        if x1 > fpr_limit:  # the segment crosses the limit: cut it there
+            y1 = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
+            x1 = fpr_limit
+        area += (x1 - x0) * (y0 + y1) / 2.0
+    return area / fpr_limit
+
+
+def _random_regions(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
+    masks = np.zeros((count, size, size), dtype=np.uint8)
+    for image in range(count - 1):  # the last image stays defect-free
+        for _ in range(int(rng.integers(1, 4))):
+            y, x = rng.integers(0, size - 4, size=2)
+            h, w = rng.integers(1, 8, size=2)
+            masks[image, y : y + h, x : x + w] = 255
+    return masks
+
+
+@pytest.mark.parametrize(
+    ("seed", "decimals", "fpr_limit"), [(10, None, 0.3), (11, 2, 0.3), (12, 1, 0.3), (13, 3, 0.05)]
+)
+def test_aupro_matches_the_protocol_written_out(seed: int, decimals: int | None, fpr_limit: float) -> None:
+    # Maps that partly follow the masks, continuous or rounded (many ties between good and defect pixels).
+    rng = np.random.default_rng(seed)
+    masks = _random_regions(rng, 5, 24)
+    maps = rng.random(masks.shape) + 0.6 * (masks > 0) * rng.random(masks.shape)
+    if decimals is not None:
+        maps = np.round(maps, decimals)
+    expected = _slow_aupro(maps, masks, fpr_limit)
+    assert aupro(maps, masks, fpr_limit=fpr_limit) == pytest.approx(expected, abs=1e-9)
+    assert aupro(maps.astype(np.float32), masks, fpr_limit=fpr_limit) == pytest.approx(
+        _slow_aupro(maps.astype(np.float32), masks, fpr_limit), abs=1e-9
+    )
+
+
+def test_aupro_is_exact_where_a_threshold_grid_is_not() -> None:
+    # One region whose pixels lie in a narrow band just above most good pixels: a grid of thresholds over the
+    # whole value range misses the steep rise that the exact curve has.
+    rng = np.random.default_rng(14)
+    masks = np.zeros((2, 32, 32), dtype=bool)
+    masks[0, 8:20, 8:20] = True
+    maps = rng.random(masks.shape)
+    maps[masks] = 0.9 + 0.001 * rng.random(int(masks.sum()))
+    maps[1, 0, 0] = 1000.0  # one outlier stretches the value range
+    assert aupro(maps, masks) == pytest.approx(_slow_aupro(maps, masks, 0.3), abs=1e-9)
+    assert aupro(maps, masks) > 0.6
+
+
+@pytest.mark.parametrize("seed", [20, 21])
+def test_image_and_pixel_auroc_match_scikit_learn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.random(80) < 0.4
+    scores = np.round(rng.random(80) + 0.5 * labels, 2)
+    assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    masks = _random_regions(rng, 6, 20)
+    maps = np.round(rng.random(masks.shape) + 0.4 * (masks > 0), 2).astype(np.float32)
+    assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel() > 0, maps.ravel()), abs=1e-9)
+
+
+# --------------------------------------------------------------------------- #
+# Operating point
+# --------------------------------------------------------------------------- #
+
+
+def test_operating_point_counts_at_the_threshold() -> None:
+    # Defects 0.9, 0.7, 0.3 -> two at or above 0.7; goods 0.8, 0.7, 0.2, 0.1 -> two false alarms (ties count).
+    scores = np.array([0.9, 0.8, 0.7, 0.7, 0.3, 0.2, 0.1])
+    labels = np.array([1, 0, 1, 0, 1, 0, 0])
+    point = operating_point(scores, labels, 0.7)
+    assert (point.defects, point.defects_found, point.goods, point.false_alarms) == (3, 2, 4, 2)
+    assert point.recall == pytest.approx(2 / 3) and point.false_alarm_rate == pytest.approx(0.5)
+    assert point.recall == pytest.approx(f1_at_threshold(scores, labels, 0.7).recall)
+    with pytest.raises(ValueError, match="only one class"):
+        operating_point(scores[labels == 0], labels[labels == 0], 0.5)
 
 
 # --------------------------------------------------------------------------- #
