@@ -55,6 +55,20 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_subset(source, tmp_path_factory.mktemp("tiny_dataset"), 16, 3, ["blowhole", "crack"])
 
 
+def copy_without_masks(source: Path, target: Path, keep: tuple[str, ...] = ()) -> Path:
+    """A copy of a real image set with ground_truth/ left out, except for the defect types in `keep`: a set
+    labelled per image (or partly per pixel), as many sites have."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("ground_truth"))
+    for defect_type in keep:
+        shutil.copytree(source / "ground_truth" / defect_type, target / "ground_truth" / defect_type)
+    return target
+
+
+@pytest.fixture(scope="session")
+def without_masks():
+    return copy_without_masks
+
+
 TINY_CONFIG = {
     "data": {"image_size": [64, 64], "color": "gray", "holdout_fraction": 0.25},
     "autoencoder": {"iterations": 20, "batch_size": 4, "crop_size": 64},

@@ -1,4 +1,8 @@
-"""Reading image folders in the MVTec layout: train/good, test/<type>, ground_truth/<type>/<stem>_mask.png."""
+"""Reading image folders in the MVTec layout: train/good, test/<type>, ground_truth/<type>/<stem>_mask.png.
+
+Masks are optional per defect type: a type without a ground_truth/<type> folder of masks is labelled per image
+only, and its pixel metrics are not available.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import numpy as np
 from edge_runtime.preprocess import IMAGE_SUFFIXES, ColorMode, FrameError, preprocess, read_image_file
 
 GOOD = "good"
+MASK_SUFFIX = "_mask.png"
 
 
 class DatasetError(ValueError):
@@ -26,6 +31,11 @@ class TestSample:
     @property
     def is_defect(self) -> bool:
         return self.defect_type != GOOD
+
+    @property
+    def has_pixel_truth(self) -> bool:
+        """Whether every pixel's label is known: good images (all good) and defects with a mask."""
+        return not self.is_defect or self.mask_path is not None
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -46,21 +56,36 @@ def train_images(root: Path) -> list[Path]:
     return paths
 
 
+def has_masks(root: Path, defect_type: str) -> bool:
+    """Whether ground_truth/<type> holds masks: then every test image of the type must have one."""
+    folder = root / "ground_truth" / defect_type
+    return folder.is_dir() and any(p.name.endswith(MASK_SUFFIX) for p in folder.iterdir())
+
+
 def list_test_samples(root: Path) -> list[TestSample]:
     folder = root / "test"
     _require_folder(folder, "test")
     samples: list[TestSample] = []
     for type_folder in sorted(p for p in folder.iterdir() if p.is_dir()):
+        defect_type = type_folder.name
+        masked = defect_type != GOOD and has_masks(root, defect_type)
         for path in _images_in(type_folder):
-            mask = None
-            if type_folder.name != GOOD:
-                mask = root / "ground_truth" / type_folder.name / f"{path.stem}_mask.png"
-                if not mask.is_file():
-                    raise DatasetError(f"mask missing for {path}: expected {mask}")
-            samples.append(TestSample(path=path, defect_type=type_folder.name, mask_path=mask))
+            mask = root / "ground_truth" / defect_type / f"{path.stem}{MASK_SUFFIX}" if masked else None
+            if mask is not None and not mask.is_file():
+                # A partly masked type would silently bias its pixel metrics towards the masked images.
+                raise DatasetError(
+                    f"mask missing for {path}: expected {mask} (ground_truth/{defect_type} has masks for other "
+                    f"images of this type; add this one, or remove the folder to evaluate {defect_type} per image)"
+                )
+            samples.append(TestSample(path=path, defect_type=defect_type, mask_path=mask))
     if not samples:
         raise DatasetError(f"no test images under {folder}")
     return samples
+
+
+def types_without_masks(samples: list[TestSample]) -> list[str]:
+    """Defect types labelled per image only (no pixel masks), sorted."""
+    return sorted({s.defect_type for s in samples if not s.has_pixel_truth})
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -76,10 +101,13 @@ def load_image(path: Path, size: tuple[int, int], color: ColorMode) -> np.ndarra
     return preprocess(read_image(path), size, color)
 
 
-def load_mask(sample: TestSample, image_shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """Boolean HxW mask at the model size (all False for good samples); image_shape is the stored image's."""
-    if sample.mask_path is None:
+def load_mask(sample: TestSample, image_shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray | None:
+    """Boolean HxW mask at the model size (all False for good samples, None for a defect without a mask);
+    image_shape is the stored image's."""
+    if not sample.is_defect:
         return np.zeros(size, dtype=bool)
+    if sample.mask_path is None:
+        return None
     mask = cv2.imread(str(sample.mask_path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise DatasetError(f"cannot read mask {sample.mask_path}")
@@ -92,8 +120,8 @@ def load_mask(sample: TestSample, image_shape: tuple[int, int], size: tuple[int,
     return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST) > 127
 
 
-def load_test_item(sample: TestSample, size: tuple[int, int], color: ColorMode) -> tuple[np.ndarray, np.ndarray]:
-    """(model input CxHxW, boolean mask HxW) for one test sample."""
+def load_test_item(sample: TestSample, size: tuple[int, int], color: ColorMode) -> tuple[np.ndarray, np.ndarray | None]:
+    """(model input CxHxW, boolean mask HxW or None where the defect has no mask) for one test sample."""
     stored = read_image(sample.path)
     return preprocess(stored, size, color), load_mask(sample, stored.shape[:2], size)
 

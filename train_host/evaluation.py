@@ -1,4 +1,7 @@
-"""Evaluation of a run on labelled test images, through the device's numpy inspection pipeline."""
+"""Evaluation of a run on labelled test images, through the device's numpy inspection pipeline.
+
+Image metrics need only the folder labels; pixel metrics cover the images whose every pixel is labelled (good
+images and defects with a mask) and are None where a type has no masks."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from edge_runtime.results import InspectionResult
 from train_host import metrics
 from train_host.calibrate import fit_calibration
 from train_host.config import ConfigError, DataConfig, TrainConfig, parse_config
-from train_host.dataset import GOOD, TestSample, list_test_samples, load_test_item
+from train_host.dataset import GOOD, DatasetError, TestSample, list_test_samples, load_test_item, types_without_masks
 from train_host.run_store import TrainedRun, build_pipeline, load_run
 from train_host.torch_setup import pick_device, progress, seed_everything
 
@@ -31,9 +34,16 @@ class TypeMetrics:
     defect_images: int
     good_images: int
     image_auroc: float
-    pixel_auroc: float
-    aupro: float
+    # At the stored image threshold: what the line's PLC sees.
+    recall: float
+    false_alarm_rate: float
+    defects_found: int
+    false_alarms: int
     f1: metrics.F1Result
+    # Defect images with a pixel mask; the pixel metrics are None when there are none.
+    masked_defect_images: int
+    pixel_auroc: float | None
+    aupro: float | None
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,7 @@ class SamplePicture:
     input_image: np.ndarray
     healed_image: np.ndarray | None
     overlay: np.ndarray
-    mask: np.ndarray
+    mask: np.ndarray | None
 
 
 @dataclass
@@ -57,6 +67,7 @@ class EvaluationReport:
     overall: TypeMetrics
     per_type: list[TypeMetrics]
     roc: metrics.RocCurve
+    types_without_masks: list[str] = field(default_factory=list)
     pictures: list[SamplePicture] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -66,6 +77,7 @@ class EvaluationReport:
             "overrides": self.overrides,
             "image_threshold": self.image_threshold,
             "mean_inspection_ms": self.mean_inspection_ms,
+            "types_without_masks": self.types_without_masks,
             "overall": asdict(self.overall),
             "per_type": [asdict(m) for m in self.per_type],
         }
@@ -101,25 +113,53 @@ def select_samples(samples: list[TestSample], max_per_type: int | None) -> list[
     return selected
 
 
+def pixel_metrics(maps: np.ndarray, masks: np.ndarray) -> tuple[float | None, float | None]:
+    """(pixel AUROC, AUPRO) over fully labelled images; None for both where no pixel is a defect."""
+    if not masks.any():
+        return None, None
+    return metrics.pixel_auroc(maps, masks), metrics.aupro(maps, masks)
+
+
 def metrics_for(
     name: str,
     chosen: np.ndarray,
     scores: np.ndarray,
     maps: np.ndarray,
     masks: np.ndarray,
+    known: np.ndarray,
     labels: np.ndarray,
     threshold: float,
 ) -> TypeMetrics:
-    """Metrics over the chosen images (one defect type plus all good images, or everything)."""
+    """Metrics over the chosen images (one defect type plus all good images, or everything); `known` marks the
+    images whose mask is known (their pixel metrics)."""
+    point = metrics.operating_point(scores[chosen], labels[chosen], threshold)
+    labelled = chosen & known
+    pixel_auroc, aupro = pixel_metrics(maps[labelled], masks[labelled])
     return TypeMetrics(
         defect_type=name,
-        defect_images=int(labels[chosen].sum()),
-        good_images=int((~labels[chosen]).sum()),
+        defect_images=point.defects,
+        good_images=point.goods,
         image_auroc=metrics.auroc(scores[chosen], labels[chosen]),
-        pixel_auroc=metrics.pixel_auroc(maps[chosen], masks[chosen]),
-        aupro=metrics.aupro(maps[chosen], masks[chosen]),
+        recall=point.recall,
+        false_alarm_rate=point.false_alarm_rate,
+        defects_found=point.defects_found,
+        false_alarms=point.false_alarms,
         f1=metrics.f1_at_threshold(scores[chosen], labels[chosen], threshold),
+        masked_defect_images=int((labelled & labels).sum()),
+        pixel_auroc=pixel_auroc,
+        aupro=aupro,
     )
+
+
+def require_both_kinds(samples: list[TestSample]) -> None:
+    """Image metrics and the operating point need good and defective test images."""
+    if not samples:
+        raise DatasetError("no test images to evaluate")
+    test_folder = samples[0].path.parent.parent
+    if not any(s.is_defect for s in samples):
+        raise DatasetError(f"no defective test images under {test_folder} (expected test/<defect type>/)")
+    if all(s.is_defect for s in samples):
+        raise DatasetError(f"no good test images in {test_folder / GOOD}: the false-alarm rate and AUROC need them")
 
 
 def evaluate(
@@ -145,6 +185,7 @@ def inspect_test_set(
     overrides: list[str] | None = None,
 ) -> EvaluationReport:
     """Inspect every sample and compute the metrics, per defect type and overall."""
+    require_both_kinds(samples)
     types = [s.defect_type for s in samples]
     scores, maps, masks, pictures, milliseconds = [], [], [], [], []
     pictured: dict[str, int] = {}
@@ -153,35 +194,37 @@ def inspect_test_set(
         result = pipeline.inspect(image, calibration)
         scores.append(result.score)
         maps.append(result.anomaly_map.astype(np.float32))
-        masks.append(mask)
+        masks.append(np.zeros(data.image_size, dtype=bool) if mask is None else mask)
         milliseconds.append(result.timings_ms["total"])
         if pictured.get(sample.defect_type, 0) < PICTURES_PER_TYPE:
             pictured[sample.defect_type] = pictured.get(sample.defect_type, 0) + 1
             pictures.append(sample_picture(sample, image, mask, result, calibration.pixel_threshold))
     score_array, map_array, mask_array = np.array(scores), np.stack(maps), np.stack(masks)
+    known = np.array([s.has_pixel_truth for s in samples])
     labels = np.array([t != GOOD for t in types])
     threshold = calibration.image_threshold
     type_array = np.array(types)
-    per_type = [
-        metrics_for(t, ~labels | (type_array == t), score_array, map_array, mask_array, labels, threshold)
-        for t in sorted(set(types) - {GOOD})
-    ]
-    everything = np.ones(len(samples), dtype=bool)
+
+    def summary(name: str, chosen: np.ndarray) -> TypeMetrics:
+        return metrics_for(name, chosen, score_array, map_array, mask_array, known, labels, threshold)
+
+    per_type = [summary(t, ~labels | (type_array == t)) for t in sorted(set(types) - {GOOD})]
     return EvaluationReport(
         run=source,
         tag=tag,
         overrides=overrides or [],
         image_threshold=threshold,
         mean_inspection_ms=float(np.mean(milliseconds)),
-        overall=metrics_for("all", everything, score_array, map_array, mask_array, labels, threshold),
+        overall=summary("all", np.ones(len(samples), dtype=bool)),
         per_type=per_type,
         roc=metrics.roc_curve(score_array, labels),
+        types_without_masks=types_without_masks(samples),
         pictures=pictures,
     )
 
 
 def sample_picture(
-    sample: TestSample, image: np.ndarray, mask: np.ndarray, result: InspectionResult, pixel_threshold: float
+    sample: TestSample, image: np.ndarray, mask: np.ndarray | None, result: InspectionResult, pixel_threshold: float
 ) -> SamplePicture:
     picture_input = to_uint8_image(image)
     return SamplePicture(

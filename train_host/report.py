@@ -13,21 +13,60 @@ import numpy as np  # noqa: E402
 
 from train_host.evaluation import EvaluationReport, SamplePicture, TypeMetrics, save_report_json  # noqa: E402
 
+NOT_AVAILABLE = "n/a"
+
+
+def format_metric(value: float | None) -> str:
+    """Three decimals, or n/a for a metric the data cannot give (pixel metrics without masks)."""
+    return NOT_AVAILABLE if value is None else f"{value:.3f}"
+
 
 def _row(m: TypeMetrics) -> str:
-    return (
-        f"| {m.defect_type} | {m.defect_images} | {m.good_images} | {m.image_auroc:.3f} | {m.pixel_auroc:.3f} "
-        f"| {m.aupro:.3f} | {m.f1.f1:.3f} | {m.f1.precision:.3f} | {m.f1.recall:.3f} |"
-    )
+    cells = [
+        m.defect_type,
+        str(m.defect_images),
+        str(m.good_images),
+        format_metric(m.image_auroc),
+        f"{m.recall:.3f} ({m.defects_found}/{m.defect_images})",
+        f"{m.false_alarm_rate:.3f} ({m.false_alarms}/{m.good_images})",
+        format_metric(m.pixel_auroc),
+        format_metric(m.aupro),
+        format_metric(m.f1.f1),
+        format_metric(m.f1.precision),
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 def metrics_table(report: EvaluationReport) -> str:
     header = (
-        "| defect type | defect images | good images | image AUROC | pixel AUROC | AUPRO (FPR<=0.3) "
-        "| F1 @ threshold | precision | recall |\n|---|---|---|---|---|---|---|---|---|"
+        "| defect type | defect images | good images | image AUROC | recall @ threshold | false alarms @ threshold "
+        "| pixel AUROC | AUPRO (FPR<=0.3) | F1 @ threshold | precision |\n|---|---|---|---|---|---|---|---|---|---|"
     )
     rows = [_row(m) for m in report.per_type] + [_row(report.overall).replace("| all |", "| **all** |")]
     return "\n".join([header, *rows])
+
+
+def mask_note(report: EvaluationReport) -> str | None:
+    """Which types the pixel metrics leave out, for a set labelled (partly) per image only."""
+    missing = report.types_without_masks
+    if not missing:
+        return None
+    if report.overall.pixel_auroc is None:
+        return "No pixel masks in this set (ground_truth/): pixel AUROC and AUPRO are not available."
+    masked = [m.defect_type for m in report.per_type if m.defect_type not in missing]
+    return (
+        f"No pixel masks for {', '.join(missing)} (ground_truth/<type>): their pixel metrics are not available, "
+        f"and those of **all** cover {', '.join(masked)} and the good images only."
+    )
+
+
+def _no_mask_panel(size: tuple[int, int]) -> np.ndarray:
+    """Grey with a cross: the defect has no mask, so there is no ground truth to show."""
+    height, width = size
+    panel = np.full((height, width), 96, dtype=np.uint8)
+    cv2.line(panel, (0, 0), (width - 1, height - 1), 160, 1)
+    cv2.line(panel, (0, height - 1), (width - 1, 0), 160, 1)
+    return panel
 
 
 def _panel(picture: SamplePicture) -> np.ndarray:
@@ -39,7 +78,7 @@ def _panel(picture: SamplePicture) -> np.ndarray:
         return image
 
     healed = picture.healed_image if picture.healed_image is not None else np.zeros_like(picture.input_image)
-    truth = (picture.mask.astype(np.uint8) * 255)[:, :, None]
+    truth = _no_mask_panel(picture.overlay.shape[:2]) if picture.mask is None else picture.mask.astype(np.uint8) * 255
     separator = np.full((picture.overlay.shape[0], 4, 3), 255, dtype=np.uint8)
     parts = [rgb(picture.input_image), rgb(healed), picture.overlay, rgb(truth)]
     row: list[np.ndarray] = []
@@ -76,9 +115,10 @@ def write_report(report: EvaluationReport, folder: Path) -> Path:
         "",
         metrics_table(report),
         "",
+        *([note, ""] if (note := mask_note(report)) else []),
         "![ROC curve](roc.png)",
         "",
-        "## Samples: input | healed | heatmap overlay | ground truth",
+        "## Samples: input | healed | heatmap overlay | ground truth (grey with a cross: no mask)",
         "",
     ]
     for picture in report.pictures:

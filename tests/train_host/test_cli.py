@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 from train_host.__main__ import main
@@ -19,6 +20,18 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
     assert "training folder not found" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_train_and_evaluate_a_set_labelled_per_image(tiny_dataset, tiny_training_yaml, without_masks, tmp_path, capsys):
+    root = without_masks(tiny_dataset, tmp_path / "site")
+    run = tmp_path / "run"
+    argv = ["train", "--config", str(tiny_training_yaml), "--out", str(run), "--set", f"data.root={root}"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| **all** | 6 | 3 |" in table and "n/a" in table
+    saved = json.loads((run / "eval" / "default" / "metrics.json").read_text())
+    assert saved["overall"]["aupro"] is None and 0.0 <= saved["overall"]["image_auroc"] <= 1.0
+    assert "No pixel masks in this set" in (run / "eval" / "default" / "report.md").read_text()
 
 
 def test_evaluate_needs_a_finished_run(tmp_path, capsys):

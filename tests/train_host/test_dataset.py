@@ -11,6 +11,7 @@ from train_host.dataset import (
     load_test_item,
     split_holdout,
     train_images,
+    types_without_masks,
 )
 
 
@@ -64,8 +65,49 @@ def test_missing_or_mismatched_mask(tiny_dataset, tmp_path):
     with pytest.raises(DatasetError, match=r"is 9x7 but its image"):
         load_test_item(sample, (32, 32), "gray")
     first_mask.unlink()
-    with pytest.raises(DatasetError, match="mask missing"):
+    with pytest.raises(DatasetError, match=r"mask missing for .*crack.*\(ground_truth/crack has masks for other"):
         list_test_samples(root)
+
+
+def test_a_set_without_ground_truth_is_labelled_per_image(tiny_dataset, without_masks, tmp_path):
+    root = without_masks(tiny_dataset, tmp_path / "set")
+    samples = list_test_samples(root)
+    assert {s.defect_type for s in samples} == {"good", "blowhole", "crack"}
+    assert types_without_masks(samples) == ["blowhole", "crack"]
+    for sample in samples:
+        image, mask = load_test_item(sample, (32, 32), "gray")
+        assert image.shape == (1, 32, 32)
+        assert sample.has_pixel_truth == (not sample.is_defect)
+        if sample.is_defect:
+            assert sample.mask_path is None and mask is None
+        else:
+            assert mask.shape == (32, 32) and not mask.any()
+
+
+def test_masks_for_some_types_only(tiny_dataset, without_masks, tmp_path):
+    root = without_masks(tiny_dataset, tmp_path / "set", keep=("blowhole",))
+    samples = list_test_samples(root)
+    assert types_without_masks(samples) == ["crack"]
+    blowhole = [s for s in samples if s.defect_type == "blowhole"]
+    assert blowhole and all(s.has_pixel_truth and s.mask_path.is_file() for s in blowhole)
+    assert all(load_test_item(s, (32, 32), "gray")[1].any() for s in blowhole)
+    assert all(s.mask_path is None for s in samples if s.defect_type == "crack")
+
+
+def test_an_empty_mask_folder_means_no_masks(tiny_dataset, without_masks, tmp_path):
+    root = without_masks(tiny_dataset, tmp_path / "set")
+    (root / "ground_truth" / "crack").mkdir(parents=True)
+    assert types_without_masks(list_test_samples(root)) == ["blowhole", "crack"]
+
+
+def test_unreadable_mask_is_named(tiny_dataset, tmp_path):
+    root = tmp_path / "set"
+    shutil.copytree(tiny_dataset, root)
+    broken = sorted((root / "ground_truth" / "blowhole").iterdir())[0]
+    broken.write_bytes(b"\x89PNG not a mask")
+    sample = next(s for s in list_test_samples(root) if s.mask_path == broken)
+    with pytest.raises(DatasetError, match=f"cannot read mask {broken}"):
+        load_test_item(sample, (32, 32), "gray")
 
 
 def test_holdout_split_is_deterministic_and_disjoint(tiny_dataset):
