@@ -35,6 +35,7 @@ from edge_runtime.service.mqtt_topics import (
 )
 from edge_runtime.service.operator_view import OperatorView
 from edge_runtime.service.outbox import Outbox
+from edge_runtime.service.plc_links import PlcLinks
 from edge_runtime.service.publisher import Publisher
 from edge_runtime.service.service_config import ServiceConfig
 from edge_runtime.service.stats import Stats
@@ -114,6 +115,7 @@ class Service:
         self.tick_listeners: list[Callable[[], None]] = []
         self.operator_view: OperatorView | None = None  # started by run() when config.operator_view.enabled
         self.systemd: SystemdLink | None = None  # READY, WATCHDOG and STATUS when run by systemd
+        self.plc_links = PlcLinks(self)  # Sparkplug B node and OPC UA server, when configured
         self.started = threading.Event()
         self._paused = threading.Event()
         self._stop = threading.Event()
@@ -134,6 +136,7 @@ class Service:
         self._warm_up()
         self._start_operator_view()
         try:
+            self.plc_links.start()  # first: a link that cannot start stops the service before the camera runs
             self._open_parts()
             assert self.publisher is not None and self.source is not None
             self.publisher.start()
@@ -337,6 +340,7 @@ class Service:
             self.systemd.stopping()
         if self.source is not None:
             self.source.stop()
+        self.plc_links.stop()
         if self.publisher is not None:
             self.publish_status()
             self.publisher.stop()
@@ -415,6 +419,10 @@ class Service:
             self.commands.dispatch(name, payload)
 
     # --- commands ------------------------------------------------------------------------------------
+
+    def request_trigger(self, part_id: str) -> None:
+        """A trigger from another protocol (Sparkplug DCMD, OPC UA method); CommandError says why it is refused."""
+        self._cmd_trigger({"part_id": part_id})
 
     def _cmd_trigger(self, body: dict[str, Any]) -> dict[str, Any]:
         part_id = part_id_of(body)

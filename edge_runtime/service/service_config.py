@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from edge_runtime.service.plc_config import OpcUaConfig, SparkplugConfig
 from edge_runtime.settings import StrictModel
 
 # MQTT wildcards and the level separator would change which topics a name stands for.
@@ -182,6 +183,8 @@ class ServiceConfig(StrictModel):
     openvino: OpenVinoConfig = OpenVinoConfig()
     updates: UpdatesConfig = UpdatesConfig()
     operator_view: OperatorViewConfig = OperatorViewConfig()
+    sparkplug: SparkplugConfig = SparkplugConfig()
+    opcua: OpcUaConfig = OpcUaConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
@@ -234,6 +237,8 @@ def file_problems(config: ServiceConfig) -> list[str]:
         ("updates.ca_file", config.updates.ca_file, False),
     ]
     wanted += [(f"bundle.trusted_keys.{i}", key, False) for i, key in enumerate(config.bundle.trusted_keys)]
+    if config.opcua.enabled:
+        wanted += [(key, path, False) for key, path in config.opcua.files()]
     if config.mqtt.tls is not None:
         tls = config.mqtt.tls
         wanted += [("mqtt.tls.ca_file", tls.ca_file, False), ("mqtt.tls.cert_file", tls.cert_file, False)]
