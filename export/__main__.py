@@ -11,6 +11,20 @@ from export.push import PushError
 from train_host.config import ConfigError
 
 
+def _allowance(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -22,8 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     bundle.add_argument("--sign-key", type=Path, required=True, help="private key from `keygen`")
     bundle.add_argument("--model-version", required=True)
     bundle.add_argument("--precision", choices=["auto", "int8", "fp16", "fp32"], default="auto")
-    bundle.add_argument("--max-auroc-drop", type=float, default=0.01, help="accuracy gate for auto precision")
-    bundle.add_argument("--gate-images-per-type", type=int, default=10)
+    gate = "precision gate of --precision auto: largest drop against FP32 kept for"
+    bundle.add_argument("--max-auroc-drop", type=_allowance, default=0.01, help=f"{gate} image AUROC")
+    bundle.add_argument("--max-pixel-auroc-drop", type=_allowance, default=0.01, help=f"{gate} pixel AUROC")
+    bundle.add_argument("--max-aupro-drop", type=_allowance, default=0.01, help=f"{gate} AUPRO")
+    bundle.add_argument("--gate-images-per-type", type=_positive, default=10, help="labelled test images in the gate")
+    bundle.add_argument(
+        "--gate-good-images", type=_positive, default=64, help="held-out goods in the gate (each also made defective)"
+    )
     push = commands.add_parser("push", help="install a bundle on a device over MQTT, or roll it back")
     what = push.add_mutually_exclusive_group(required=True)
     what.add_argument("--bundle", type=Path, help="the bundle file (its version and sha256 go in the command)")
@@ -121,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                 model_version=args.model_version,
                 precision=args.precision,
                 max_auroc_drop=args.max_auroc_drop,
+                max_pixel_auroc_drop=args.max_pixel_auroc_drop,
+                max_aupro_drop=args.max_aupro_drop,
                 gate_images_per_type=args.gate_images_per_type,
+                gate_good_images=args.gate_good_images,
             )
             manifest = build_bundle(args.run, args.out, args.sign_key, options)
             precisions = ", ".join(f"{n}={s.precision}" for n, s in manifest.networks.items())

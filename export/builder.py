@@ -1,4 +1,4 @@
-"""From a training run to a signed bundle: export the networks, quantise them behind an accuracy gate,
+"""From a training run to a signed bundle: export the networks, quantise them behind the precision gate,
 recalibrate with the networks the device will run, pick reference images, pack and sign."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -25,7 +25,7 @@ from edge_runtime.manifest import (
     ReferenceImage,
     ScheduleSpec,
 )
-from edge_runtime.openvino_networks import NETWORK_NAMES, OpenVinoNetworks
+from edge_runtime.openvino_networks import NETWORK_NAMES
 from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.preprocess import preprocess, to_uint8_image
 from export.convert import (
@@ -39,17 +39,23 @@ from export.convert import (
     to_onnx,
 )
 from export.packing import write_bundle
+from export.precision_gate import (
+    FALLBACK_ORDER,
+    Allowances,
+    GateEvaluator,
+    GateLog,
+    Precision,
+    build_gate_set,
+    choose_precisions,
+    fixed_precisions,
+)
 from export.recording import RecordingNetworks
 from export.signing import load_private_key
-from train_host.calibrate import fit_calibration
-from train_host.dataset import list_test_samples, load_image
-from train_host.evaluation import inspect_test_set, select_samples
+from train_host.dataset import load_image
 from train_host.run_store import TrainedRun, build_pipeline, load_run, schedule_of
 from train_host.torch_setup import progress
 
-Precision = Literal["int8", "fp16", "fp32"]
 PrecisionChoice = Literal["auto", "int8", "fp16", "fp32"]
-FALLBACK_ORDER: tuple[Precision, ...] = ("int8", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -57,17 +63,20 @@ class ExportOptions:
     model_version: str
     precision: PrecisionChoice = "auto"
     max_auroc_drop: float = 0.01
+    max_pixel_auroc_drop: float = 0.01
+    max_aupro_drop: float = 0.01
     calibration_images: int = 32
     gate_images_per_type: int = 10
+    gate_good_images: int | None = 64
     reference_images: int = 3
 
+    def __post_init__(self) -> None:
+        self.allowances()  # a bad allowance fails before any network is exported
+        if self.gate_good_images is not None and self.gate_good_images < 1:
+            raise ValueError(f"gate_good_images must be at least 1, got {self.gate_good_images}")
 
-@dataclass
-class GateLog:
-    """What the accuracy gate measured, kept beside the bundle."""
-
-    baseline_auroc: float | None = None
-    trials: list[dict] = field(default_factory=list)
+    def allowances(self) -> Allowances:
+        return Allowances(self.max_auroc_drop, self.max_pixel_auroc_drop, self.max_aupro_drop)
 
 
 def graph_specs(run: TrainedRun) -> dict[str, GraphSpec]:
@@ -113,69 +122,6 @@ def build_variants(
                 save_ir(model, xml, fp16=precision == "fp16")
             variants[name][precision] = xml
     return variants
-
-
-class GateEvaluator:
-    """Image AUROC of a mix of network precisions on a labelled gate set, recalibrated each time."""
-
-    def __init__(self, run: TrainedRun, holdout: np.ndarray, gate_per_type: int) -> None:
-        self.run = run
-        self.holdout = holdout
-        self.samples = select_samples(list_test_samples(run.config.data.root), gate_per_type)
-
-    def pipeline(self, files: dict[str, Path]) -> InspectionPipeline:
-        networks = OpenVinoNetworks.from_files(files)
-        return InspectionPipeline(networks, self.run.memory, self.run.config.inspection, schedule_of(self.run.config))
-
-    def calibrate(self, pipeline: InspectionPipeline) -> Calibration:
-        return fit_calibration(pipeline, self.holdout, self.run.config.calibration)
-
-    def auroc(self, files: dict[str, Path]) -> float:
-        pipeline = self.pipeline(files)
-        report = inspect_test_set(
-            pipeline, self.calibrate(pipeline), self.samples, self.run.config.data, "gate", "precision gate"
-        )
-        return report.overall.image_auroc
-
-
-def choose_precisions(
-    variants: dict[str, dict[Precision, Path]], gate: GateEvaluator, options: ExportOptions, log: GateLog
-) -> tuple[dict[str, Precision], dict[str, float | None]]:
-    """Per network, the cheapest precision whose AUROC drop against all-fp32 stays within the limit."""
-    chosen: dict[str, Precision] = {name: "fp32" for name in NETWORK_NAMES}
-    baseline = gate.auroc({name: variants[name]["fp32"] for name in NETWORK_NAMES})
-    log.baseline_auroc = baseline
-    drops: dict[str, float | None] = {name: None for name in NETWORK_NAMES}
-    for name in NETWORK_NAMES:
-        for precision in FALLBACK_ORDER[:-1]:
-            trial = {**chosen, name: precision}
-            score = gate.auroc({n: variants[n][trial[n]] for n in NETWORK_NAMES})
-            drop = baseline - score
-            accepted = drop <= options.max_auroc_drop
-            log.trials.append(
-                {"network": name, "precision": precision, "auroc": score, "drop": drop, "accepted": accepted}
-            )
-            print(
-                f"gate: {name} {precision}: AUROC {score:.4f} (drop {drop:+.4f}) {'kept' if accepted else 'rejected'}"
-            )
-            if accepted:
-                chosen[name], drops[name] = precision, drop
-                break
-    return chosen, drops
-
-
-def fixed_precisions(
-    variants: dict[str, dict[Precision, Path]], gate: GateEvaluator, precision: Precision, log: GateLog
-) -> tuple[dict[str, Precision], dict[str, float | None]]:
-    """Every network in one precision; the drop against fp32 is still measured and recorded."""
-    chosen: dict[str, Precision] = {name: precision for name in NETWORK_NAMES}
-    if precision == "fp32":
-        return chosen, {name: None for name in NETWORK_NAMES}
-    log.baseline_auroc = gate.auroc({n: variants[n]["fp32"] for n in NETWORK_NAMES})
-    score = gate.auroc({n: variants[n][precision] for n in NETWORK_NAMES})
-    drop = log.baseline_auroc - score
-    log.trials.append({"network": "all", "precision": precision, "auroc": score, "drop": drop, "accepted": True})
-    return chosen, {name: drop for name in NETWORK_NAMES}
 
 
 def stage_references(
@@ -231,10 +177,13 @@ def build_bundle(run_dir: Path, out: Path, sign_key: Path, options: ExportOption
     with tempfile.TemporaryDirectory(prefix="bundle-") as temporary:
         work = Path(temporary)
         variants = build_variants(run, work / "ir", tuple(dict.fromkeys(needed)), calibration_images)
-        gate = GateEvaluator(run, holdout, options.gate_images_per_type)
-        log = GateLog()
+        gate_set = build_gate_set(
+            holdout, data, options.gate_images_per_type, run.config.seed, options.gate_good_images
+        )
+        gate = GateEvaluator(run, holdout, gate_set)
+        log = GateLog(gate_set=gate_set.describe(), allowances=options.allowances())
         if options.precision == "auto":
-            chosen, drops = choose_precisions(variants, gate, options, log)
+            chosen, drops = choose_precisions(variants, gate, options.allowances(), log)
         else:
             chosen, drops = fixed_precisions(variants, gate, options.precision, log)
         final_files = {name: variants[name][chosen[name]] for name in NETWORK_NAMES}
@@ -256,11 +205,6 @@ def build_bundle(run_dir: Path, out: Path, sign_key: Path, options: ExportOption
             references=references,
         )
         final = write_bundle(staging, manifest, out, private_key)
-    report = {
-        "precisions": chosen,
-        "auroc_drops": drops,
-        "gate_baseline_auroc": log.baseline_auroc,
-        "trials": log.trials,
-    }
+    report = {"precisions": chosen, "auroc_drops": drops, **log.to_dict()}
     out.with_suffix(".export.json").write_text(json.dumps(report, indent=2))
     return final

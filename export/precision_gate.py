@@ -1,0 +1,239 @@
+"""The precision gate: per network, the cheapest precision that keeps the image score and the heatmap.
+
+Each candidate mix of network precisions is recalibrated and measured on one gate set: the run's held-out good
+images, synthetic defects made from them (so every set has pixel truth, however few labelled test images it
+has) and, where the set has them, a few labelled test images per type (their masks only where present). A
+candidate is kept only if image AUROC, pixel AUROC and AUPRO each stay within their allowance of all-FP32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from edge_runtime.calibration import Calibration
+from edge_runtime.openvino_networks import NETWORK_NAMES, OpenVinoNetworks
+from edge_runtime.pipeline import InspectionPipeline
+from train_host import metrics
+from train_host.calibrate import fit_calibration
+from train_host.config import DataConfig
+from train_host.dataset import list_test_samples, load_test_item
+from train_host.evaluation import pixel_metrics, select_samples
+from train_host.run_store import TrainedRun, schedule_of
+from train_host.synthetic_defects import make_synthetic_defects
+from train_host.torch_setup import progress
+
+Precision = Literal["int8", "fp16", "fp32"]
+FALLBACK_ORDER: tuple[Precision, ...] = ("int8", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class GateFigures:
+    """What the gate compares; a pixel figure is None only when the gate set has no defect pixel."""
+
+    image_auroc: float
+    pixel_auroc: float | None
+    aupro: float | None
+
+
+@dataclass(frozen=True)
+class Allowances:
+    """The largest drop against all-FP32 each figure may take."""
+
+    image_auroc: float = 0.01
+    pixel_auroc: float = 0.01
+    aupro: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"allowed {name} drop must be within [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class Trial:
+    network: str  # "all" when every network is set to one precision
+    precision: Precision
+    figures: GateFigures
+    drops: GateFigures
+    accepted: bool
+
+    def to_dict(self) -> dict:
+        return {
+            "network": self.network,
+            "precision": self.precision,
+            **asdict(self.figures),
+            "drops": asdict(self.drops),
+            "accepted": self.accepted,
+            # The image figures under the names earlier reports used.
+            "auroc": self.figures.image_auroc,
+            "drop": self.drops.image_auroc,
+        }
+
+
+@dataclass(frozen=True)
+class GateSet:
+    images: np.ndarray  # N x C x H x W in [-1, 1]
+    labels: np.ndarray  # N, True for defective
+    masks: np.ndarray  # N x H x W bool; all False where unknown
+    known: np.ndarray  # N, whether the mask is known (pixel metrics)
+    held_out_goods: int
+    synthetic_defects: int
+    test_images: int
+    test_images_with_pixel_truth: int
+
+    def describe(self) -> dict[str, int]:
+        return {
+            "held_out_goods": self.held_out_goods,
+            "synthetic_defects": self.synthetic_defects,
+            "test_images": self.test_images,
+            "test_images_with_pixel_truth": self.test_images_with_pixel_truth,
+        }
+
+
+@dataclass
+class GateLog:
+    """What the gate measured, kept beside the bundle."""
+
+    gate_set: dict[str, int] = field(default_factory=dict)
+    allowances: Allowances = field(default_factory=Allowances)
+    baseline: GateFigures | None = None
+    trials: list[Trial] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "gate_set": self.gate_set,
+            "allowances": asdict(self.allowances),
+            "gate_baseline": None if self.baseline is None else asdict(self.baseline),
+            "gate_baseline_auroc": None if self.baseline is None else self.baseline.image_auroc,
+            "trials": [trial.to_dict() for trial in self.trials],
+        }
+
+
+def build_gate_set(
+    holdout: np.ndarray, data: DataConfig, test_per_type: int, seed: int, max_goods: int | None = None
+) -> GateSet:
+    """Held-out goods, synthetic defects made from them, and labelled test images where the set has them."""
+    goods = holdout if max_goods is None else holdout[:max_goods]
+    defective, synthetic_masks = make_synthetic_defects(goods, seed)
+    samples = select_samples(list_test_samples(data.root), test_per_type) if (data.root / "test").is_dir() else []
+    items = [load_test_item(sample, data.image_size, data.color) for sample in samples]
+    test_masks = [np.zeros(data.image_size, dtype=bool) if mask is None else mask for _, mask in items]
+    count, height, width = len(goods), *data.image_size
+    return GateSet(
+        images=np.concatenate([goods, defective, *[image[None] for image, _ in items]]).astype(np.float32),
+        labels=np.array([False] * count + [True] * count + [s.is_defect for s in samples]),
+        masks=np.concatenate(
+            [np.zeros((count, height, width), dtype=bool), synthetic_masks, *[m[None] for m in test_masks]]
+        ),
+        known=np.array([True] * (2 * count) + [s.has_pixel_truth for s in samples]),
+        held_out_goods=count,
+        synthetic_defects=count,
+        test_images=len(samples),
+        test_images_with_pixel_truth=sum(s.has_pixel_truth for s in samples),
+    )
+
+
+def measure(pipeline: InspectionPipeline, calibration: Calibration, gate_set: GateSet) -> GateFigures:
+    scores, maps = [], []
+    for image in progress(gate_set.images, "precision gate"):
+        result = pipeline.inspect(image, calibration)
+        scores.append(result.score)
+        maps.append(result.anomaly_map.astype(np.float32))
+    known = gate_set.known
+    pixel_auroc, aupro = pixel_metrics(np.stack(maps)[known], gate_set.masks[known])
+    return GateFigures(metrics.auroc(np.array(scores), gate_set.labels), pixel_auroc, aupro)
+
+
+def judge(baseline: GateFigures, figures: GateFigures, allowances: Allowances) -> tuple[GateFigures, bool]:
+    """(drops against the baseline, whether every drop stays within its allowance)."""
+
+    def drop(before: float | None, after: float | None) -> float | None:
+        return None if before is None or after is None else before - after
+
+    drops = GateFigures(
+        image_auroc=baseline.image_auroc - figures.image_auroc,
+        pixel_auroc=drop(baseline.pixel_auroc, figures.pixel_auroc),
+        aupro=drop(baseline.aupro, figures.aupro),
+    )
+    within = [
+        value <= allowed
+        for value, allowed in zip(asdict(drops).values(), asdict(allowances).values(), strict=True)
+        if value is not None
+    ]
+    return drops, all(within)
+
+
+class GateEvaluator:
+    """The gate's figures for a mix of network precisions, recalibrated on the held-out goods each time."""
+
+    def __init__(self, run: TrainedRun, holdout: np.ndarray, gate_set: GateSet) -> None:
+        self.run = run
+        self.holdout = holdout
+        self.gate_set = gate_set
+
+    def pipeline(self, files: dict[str, Path]) -> InspectionPipeline:
+        networks = OpenVinoNetworks.from_files(files)
+        return InspectionPipeline(networks, self.run.memory, self.run.config.inspection, schedule_of(self.run.config))
+
+    def calibrate(self, pipeline: InspectionPipeline) -> Calibration:
+        return fit_calibration(pipeline, self.holdout, self.run.config.calibration)
+
+    def figures(self, files: dict[str, Path]) -> GateFigures:
+        pipeline = self.pipeline(files)
+        return measure(pipeline, self.calibrate(pipeline), self.gate_set)
+
+
+def _files(variants: dict[str, dict[Precision, Path]], mix: dict[str, Precision]) -> dict[str, Path]:
+    return {name: variants[name][mix[name]] for name in NETWORK_NAMES}
+
+
+def _show(figures: GateFigures | None) -> str:
+    if figures is None:
+        return "n/a"
+    values = [figures.image_auroc, figures.pixel_auroc, figures.aupro]
+    return "/".join("n/a" if value is None else f"{value:+.4f}" for value in values)
+
+
+def choose_precisions(
+    variants: dict[str, dict[Precision, Path]], gate: GateEvaluator, allowances: Allowances, log: GateLog
+) -> tuple[dict[str, Precision], dict[str, float | None]]:
+    """Per network in turn, the cheapest precision whose mix with the choices so far stays within every
+    allowance of all-FP32; returns the choices and each network's image AUROC drop (None in FP32)."""
+    chosen: dict[str, Precision] = {name: "fp32" for name in NETWORK_NAMES}
+    log.allowances = allowances
+    log.baseline = gate.figures(_files(variants, chosen))
+    drops: dict[str, float | None] = {name: None for name in NETWORK_NAMES}
+    for name in NETWORK_NAMES:
+        for precision in FALLBACK_ORDER[:-1]:
+            mix = {**chosen, name: precision}
+            figures = gate.figures(_files(variants, mix))
+            drop, accepted = judge(log.baseline, figures, allowances)
+            log.trials.append(Trial(name, precision, figures, drop, accepted))
+            print(
+                f"gate: {name} {precision}: image AUROC/pixel AUROC/AUPRO drops {_show(drop)} "
+                f"{'kept' if accepted else 'rejected'}"
+            )
+            if accepted:
+                chosen[name], drops[name] = precision, drop.image_auroc
+                break
+    return chosen, drops
+
+
+def fixed_precisions(
+    variants: dict[str, dict[Precision, Path]], gate: GateEvaluator, precision: Precision, log: GateLog
+) -> tuple[dict[str, Precision], dict[str, float | None]]:
+    """Every network in one precision, as asked; the drops against FP32 are still measured and recorded."""
+    chosen: dict[str, Precision] = {name: precision for name in NETWORK_NAMES}
+    if precision == "fp32":
+        return chosen, {name: None for name in NETWORK_NAMES}
+    log.baseline = gate.figures(_files(variants, {name: "fp32" for name in NETWORK_NAMES}))
+    figures = gate.figures(_files(variants, chosen))
+    drop, within = judge(log.baseline, figures, log.allowances)
+    log.trials.append(Trial("all", precision, figures, drop, accepted=True))
+    if not within:
+        print(f"gate: {precision} as asked, although its drops {_show(drop)} exceed the allowances")
+    return chosen, {name: drop.image_auroc for name in NETWORK_NAMES}
