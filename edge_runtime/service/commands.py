@@ -18,6 +18,7 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 Reply = Callable[[dict[str, Any]], None]
 
 MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_NESTING = 16
 _PART_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 _SHOWN_PAYLOAD_CHARS = 200
 
@@ -46,9 +47,27 @@ def parse_body(payload: bytes) -> dict[str, Any]:
         body = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as error:
         raise CommandError(f"payload is not valid JSON: {error}") from error
+    except RecursionError as error:  # the parser recurses once per level of nesting
+        raise CommandError(f"payload is nested more than {MAX_NESTING} levels deep") from error
     if not isinstance(body, dict):
         raise CommandError(f"payload must be a JSON object, got {type(body).__name__}")
+    if nesting_depth(body) > MAX_NESTING:  # handlers and validators recurse too; no command needs this depth
+        raise CommandError(f"payload is nested more than {MAX_NESTING} levels deep")
     return body
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (1 for a flat object); without recursion."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 class CommandRegistry:

@@ -85,12 +85,17 @@ class Health:
     last_tick_age_s: float | None
 
 
-def assess_health(state: str, last_tick: float | None, now: float, stale_after_s: float) -> Health:
-    """Alive means: not shutting down, and the frame loop turned recently (it turns at least every 0.2 s when
-    idle, so a long silence is a hang, not a quiet camera)."""
+def assess_health(
+    state: str, last_tick: float | None, now: float, stale_after_s: float, delivery_problem: str | None = None
+) -> Health:
+    """Alive means: not shutting down, the frame loop turned recently (it turns at least every 0.2 s when
+    idle, so a long silence is a hang, not a quiet camera), and results can go out (`delivery_problem`, e.g.
+    a publisher thread that ended or an outbox that cannot record acks)."""
     age = None if last_tick is None else round(now - last_tick, 3)
     if state == "stopping":
         return Health(False, "the service is stopping", state, age)
+    if delivery_problem is not None:
+        return Health(False, delivery_problem, state, age)
     if age is None:
         return Health(False, "the frame loop has not started yet", state, age)
     if age > stale_after_s:
@@ -233,8 +238,13 @@ class OperatorView:
     # --- what the endpoints answer -------------------------------------------------------------------
 
     def health(self) -> Health:
+        publisher = self.service.publisher
         return assess_health(
-            self.service.status_payload()["state"], self.parts.last_tick(), self.clock(), self.config.healthz_stale_s
+            self.service.status_payload()["state"],
+            self.parts.last_tick(),
+            self.clock(),
+            self.config.healthz_stale_s,
+            publisher.problem() if publisher is not None else None,
         )
 
     def view_state(self) -> ViewState:

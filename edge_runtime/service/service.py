@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import queue
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from edge_runtime.service.mqtt_topics import (
     Topics,
 )
 from edge_runtime.service.operator_view import OperatorView
-from edge_runtime.service.outbox import Outbox
+from edge_runtime.service.outbox import Outbox, open_outbox
 from edge_runtime.service.plc_links import PlcLinks
 from edge_runtime.service.publisher import Publisher
 from edge_runtime.service.service_config import ServiceConfig
@@ -193,10 +192,14 @@ class Service:
         """Outbox (re-read from disk), MQTT publisher and camera source; nothing is started yet."""
         assert self.inspector is not None
         config = self.config
-        self.outbox = Outbox(config.state_dir / OUTBOX_FILE, config.outbox.max_rows, config.outbox.max_age_s)
+        box = config.outbox
+        self.outbox, damage = open_outbox(config.state_dir / OUTBOX_FILE, box.max_rows, box.max_age_s, box.memory_rows)
+        if damage is not None:
+            self.last_error = damage
         log.info("outbox holds %d unpublished result(s) from before", self.outbox.depth())
         self.publisher = Publisher(config.mqtt, self.topics, self.outbox, self._on_message)
         self.publisher.on_connected = self._publish_retained
+        self.publisher.on_problem = self._set_error
         camera = config.camera
         backoff = (camera.reconnect_min_s, camera.reconnect_max_s)
         self.source = FrameSource(
@@ -304,12 +307,12 @@ class Service:
         shape, version = frame.image.shape, inspector.model_version
         payload = result_payload(part_id, result, shape, inspector.size, threshold, version, latency_ms, frame.pts_s)
         # Durable first: the row is on disk before anything is sent, and leaves only when the broker acked it.
-        try:
-            self.outbox.add(part_id, self.topics.result, encode_json(payload))
-        except sqlite3.Error as error:  # e.g. a full disk: report it and keep inspecting
+        # A disk that refuses the row (full, failing) leaves it in memory, still published in order.
+        refused_before = self.outbox.disk_error
+        self.outbox.add(part_id, self.topics.result, encode_json(payload))
+        if self.outbox.disk_error is not None and refused_before is None:
             self.stats.errors += 1
-            self._set_error(f"result {part_id} could not be stored in the outbox: {error}")
-            return
+            self._set_error(f"the outbox disk refuses writes ({self.outbox.disk_error}); results wait in memory")
         self.publisher.wake()
         self.stats.record(latency_ms, result.is_defect)
         part = InspectedPart(part_id, frame, result, latency_ms, payload, inspector)

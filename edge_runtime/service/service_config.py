@@ -94,6 +94,12 @@ class MqttConfig(StrictModel):
     reconnect_min_s: int = Field(1, ge=1)
     reconnect_max_s: int = Field(30, ge=1)
     inflight: int = Field(20, ge=1, le=1000, description="results handed to the client before acks are awaited")
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        "auto", description="auto: MQTT 5 (refused results are detected), 3.1.1 when the broker lacks 5"
+    )
+    session_expiry_s: int = Field(
+        3600, ge=0, description="the broker keeps commands sent while the device is offline this long; 0: none"
+    )
 
     # Declared only to refuse it with a clear reason (and never echo it) while other keys are still checked.
     password: None = Field(None, exclude=True, description="never allowed: use password_file or password_credential")
@@ -137,7 +143,10 @@ class HeatmapConfig(StrictModel):
 
 class OutboxConfig(StrictModel):
     max_rows: int = Field(100_000, ge=10, description="oldest results are dropped (and counted) beyond this")
-    max_age_s: float = Field(7 * 24 * 3600.0, gt=0.0, description="results older than this are dropped (counted)")
+    max_age_s: float = Field(
+        7 * 24 * 3600.0, gt=0.0, description="results stored longer than this (service running time) are dropped"
+    )
+    memory_rows: int = Field(1000, ge=1, description="results kept in memory while the disk refuses writes")
 
 
 class OpenVinoConfig(StrictModel):

@@ -178,6 +178,7 @@ class SystemdLink:
         camera = service.config.camera
         self.camera = CameraProgress(camera.frame_timeout_s + camera.reconnect_max_s + CAMERA_GRACE_S, clock)
         self._camera_stalled = False
+        self._publisher_stalled = False
         self._sent_status = ""
         self._next_status = 0.0
 
@@ -190,7 +191,7 @@ class SystemdLink:
 
     def on_tick(self) -> None:
         self._maybe_ready()
-        if self._camera_moves():
+        if self._camera_moves() and self._publisher_moves():
             self.notifier.watchdog()
         if self.clock() >= self._next_status:
             self._next_status = self.clock() + STATUS_INTERVAL_S
@@ -248,6 +249,15 @@ class SystemdLink:
                 self.camera.limit_s,
             )
         self._camera_stalled = not alive
+        return alive
+
+    def _publisher_moves(self) -> bool:
+        """A publisher thread that ended or hangs sends nothing more until a restart, so stop feeding."""
+        publisher = getattr(self.service, "publisher", None)
+        alive = publisher is None or publisher.alive()
+        if not alive and not self._publisher_stalled:
+            log.error("the publisher thread has stopped; no longer feeding the systemd watchdog")
+        self._publisher_stalled = not alive
         return alive
 
     def _send_status(self, text: str) -> None:

@@ -160,3 +160,39 @@ def run_service(shared_inspector):
         service.stop()
         thread.join(timeout=20)
         assert not thread.is_alive(), "service did not stop"
+
+
+class SmallDisk:
+    """A 2 MiB tmpfs mounted for one test, which the test can fill up and free again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.filler = path / "filler"
+
+    def fill(self) -> None:
+        """Write a filler file until the file system refuses more."""
+        with self.filler.open("ab", buffering=0) as out:
+            try:
+                while True:
+                    out.write(b"\0" * 1024)
+            except OSError:
+                pass
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """Needs root (mount); skipped with the reason otherwise."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    folder = tmp_path / "small_disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield SmallDisk(folder)
+    subprocess.run(["umount", "-l", str(folder)], check=False)

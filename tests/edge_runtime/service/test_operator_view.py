@@ -315,3 +315,8 @@ def test_view_binds_to_localhost_by_default_and_a_taken_port_costs_only_the_view
         busy._start_operator_view()
     assert busy.operator_view is None
     assert "operator view cannot listen on 127.0.0.1:" in busy.last_error
+
+
+def test_healthz_fails_when_results_cannot_go_out():
+    health = assess_health("running", 10.0, 12.0, 5.0, "the publisher thread has ended")
+    assert not health.healthy and health.reason == "the publisher thread has ended"

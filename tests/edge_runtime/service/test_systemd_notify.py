@@ -354,3 +354,20 @@ def test_run_under_a_notify_socket_sends_ready_after_the_first_part_then_watchdo
     stopping = receiver.wait_for("STOPPING", 2)[0][1]
     assert stopping["STATUS"].startswith("stopping, ")
     assert len(receiver.received("READY")) == 1
+
+
+def test_watchdog_starves_when_the_publisher_thread_stops():
+    clock = FakeClock()
+    notifier = RecordingNotifier(clock, watchdog_interval_s=2.0)
+    service = stand_in_service("continuous", frames_in=1)
+    publisher_alive = [True]
+    service.publisher = SimpleNamespace(alive=lambda: publisher_alive[0])
+    link = SystemdLink(service, notifier, clock)
+    for step in range(20):
+        if step == 10:
+            publisher_alive[0] = False  # results would pile up unsent until a restart
+        service.source.frames_in += 1
+        link.on_tick()
+        clock.now += 0.5
+    fed = [t - 100.0 for t in notifier.times("WATCHDOG")]
+    assert fed and max(fed) < 5.0, f"fed at {fed}: not after the publisher stopped"
