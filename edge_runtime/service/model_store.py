@@ -146,6 +146,21 @@ class ModelStore:
             if entry.is_dir() and entry != self.downloads and entry.resolve() not in keep:
                 shutil.rmtree(entry, ignore_errors=True)
 
+    def clean_leftovers(self) -> list[str]:
+        """At start, before any update runs: remove what an interrupted update left behind (a power cut mid-way):
+        partial downloads, unpacking folders and unfinished state files. Returns the names removed."""
+        if not self.root.is_dir():
+            return []
+        leftovers = list(self.root.glob(".unpacking-*")) + list(self.root.glob(".state.*.json"))
+        if self.downloads.is_dir():
+            leftovers += list(self.downloads.iterdir())
+        for entry in leftovers:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        return [entry.name for entry in leftovers]
+
     def installed_versions(self, state: ModelState) -> list[str]:
         return [model.version for model in (state.active, state.previous) if model is not None]
 

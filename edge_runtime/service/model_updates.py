@@ -6,6 +6,7 @@ loop, which adopts it between two frames. Any refusal leaves the running model u
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -184,12 +185,13 @@ class ModelUpdater:
         self.state = state
         self.trusted_keys = list(trusted_keys)
         self.options = options
-        self.limits = limits
         self.progress: UpdateProgress | None = None
         self._adopt = adopt
         self._announce = announce
         self._reply = reply
         self._busy = threading.Lock()
+        self._cancel = threading.Event()  # set by a rollback to end a download at its next read
+        self.limits = dataclasses.replace(limits, cancel=self._cancel)
         self._worker: threading.Thread | None = None
 
     # --- commands: checked at once, carried out in a worker thread -------------------------------------
@@ -209,8 +211,18 @@ class ModelUpdater:
         previous = self.state.previous
         if previous is None:
             raise CommandError("there is no previous model to roll back to")
+        self._preempt_download()
         self._start(lambda: self._rollback(request, previous), "rollback", previous.version, request.request_id)
         return {"request_id": request.request_id, "version": previous.version, "accepted": True}
+
+    def _preempt_download(self, wait_s: float = 5.0) -> None:
+        """A rollback is the emergency exit: it cancels an install that is still downloading."""
+        progress, worker = self.progress, self._worker
+        if progress is None or progress.action != "install" or progress.stage != "downloading" or worker is None:
+            return
+        log.warning("rollback requested: cancelling the download of %s", progress.version)
+        self._cancel.set()
+        worker.join(wait_s)
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the running job (if any) has ended."""
@@ -237,6 +249,7 @@ class ModelUpdater:
             doing = f"{running.action} of {running.version}" if running else "another update"
             raise CommandError(f"busy: {doing} is still running; send the command again when it has ended")
         self.progress = UpdateProgress(action, version, request_id, "verifying", utc_now())
+        self._cancel.clear()
         self._worker = threading.Thread(target=self._run_job, args=(job,), name=f"model-{action}", daemon=True)
         self._worker.start()
 

@@ -148,6 +148,9 @@ class Service:
     def _load_models(self) -> None:
         """The model to run (from the model store, or the configured bundle) and the updater that changes it."""
         keys = load_trusted_keys(self.config.bundle.trusted_keys)
+        removed = self.store.clean_leftovers()
+        if removed:
+            log.warning("removed leftovers of an interrupted update: %s", ", ".join(sorted(removed)))
         options = runtime_options(self.config)
         if self.inspector is None:
             startup = load_startup_model(self.config.bundle, self.store, keys, options)
@@ -164,6 +167,9 @@ class Service:
             updates.download_attempts,
             updates.ca_file,
             updates.max_unpacked_bytes,
+            tuple(updates.allowed_hosts),
+            updates.local_folder,
+            updates.keep_free_bytes,
         )
         self.updater = ModelUpdater(
             self.store, state, keys, options, limits, self._hand_over_model, self.publish_model_state, self._reply

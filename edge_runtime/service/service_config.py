@@ -164,6 +164,13 @@ class UpdatesConfig(StrictModel):
     download_timeout_s: float = Field(900.0, gt=0.0, description="for the whole download, retries included")
     download_attempts: int = Field(5, ge=1, le=100, description="tries; each resumes where the last one broke off")
     ca_file: Path | None = Field(None, description="CA bundle for https downloads (default: the system's)")
+    allowed_hosts: list[str] = Field(
+        ["127.0.0.1", "localhost"], description="http(s) hosts bundles may be fetched from; list the model server"
+    )
+    local_folder: Path | None = Field(None, description="local bundle paths only below this folder; unset: none")
+    keep_free_bytes: int = Field(
+        256 * 1024**2, ge=0, description="free space an update must leave on the state disk (for the outbox)"
+    )
 
 
 class OperatorViewConfig(StrictModel):

@@ -77,3 +77,23 @@ def test_startup_sets_a_damaged_state_file_aside(bundle, keys, tmp_path):
     assert started.inspector.model_version == "1.0.0"
     assert (store.root / "state.unusable").read_text() == "not json"
     assert store.read().active.version == "1.0.0"
+
+
+def test_leftovers_of_an_interrupted_update_are_removed_at_start(tmp_path):
+    from edge_runtime.service.model_store import ModelState, ModelStore
+
+    store = ModelStore(tmp_path / "models")
+    store.downloads.mkdir(parents=True)
+    (store.downloads / ("ab" * 32 + ".tar")).write_bytes(b"\0" * 100_000)  # a partial download
+    staging = store.root / ".unpacking-x1y2"
+    (staging / "slot").mkdir(parents=True)
+    (staging / "slot" / "encoder.bin").write_bytes(b"\0" * 1000)
+    (store.root / ".state.abc.json").write_text("{")
+    kept = store.root / "1.0.0-0123456789ab"
+    kept.mkdir()
+    store.write(ModelState())
+
+    removed = store.clean_leftovers()
+    assert sorted(removed) == sorted([".unpacking-x1y2", ".state.abc.json", "ab" * 32 + ".tar"])
+    assert list(store.downloads.iterdir()) == [] and not staging.exists()
+    assert kept.is_dir() and store.state_path.is_file(), "installed slots and the state stay"
