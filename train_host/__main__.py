@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     ablate = commands.add_parser("ablate", help="run the standard ablation evaluations of a run")
     ablate.add_argument("--run", type=Path, required=True)
     ablate.add_argument("--only", nargs="*", default=None, metavar="TAG", help="a subset of the ablation tags")
+    baseline = commands.add_parser(
+        "memory-baseline", help="the KNN patch map alone (PatchCore-style, nothing trained) on the test images"
+    )
+    baseline.add_argument("--config", type=Path, required=True, help="YAML training config")
+    baseline.add_argument("--out", type=Path, required=True, help="folder for the report")
+    baseline.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     bench = commands.add_parser("bench", help="latency of the torch pipeline (the FP32 baseline)")
     bench.add_argument("--run", type=Path, required=True)
     bench.add_argument("--images", type=Path, required=True, help="folder of frames (searched recursively)")
@@ -93,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(report.to_dict(), indent=2))
+        elif args.command == "memory-baseline":
+            from train_host.memory_baseline import evaluate_memory_only
+            from train_host.report import metrics_table, write_report
+
+            report = evaluate_memory_only(load_config(args.config, args.overrides))
+            path = write_report(report, args.out)
+            print(metrics_table(report))
+            print(f"report: {path}")
         elif args.command == "ablate":
             from train_host.ablation import ablation_table, run_ablations
 

@@ -29,6 +29,14 @@ def random_projection(input_dim: int, output_dim: int | None, seed: int) -> np.n
     return (rng.standard_normal((input_dim, output_dim)) / np.sqrt(output_dim)).astype(np.float32)
 
 
+def selection_space(vectors: np.ndarray, dim: int | None, seed: int) -> np.ndarray:
+    """Vectors as the coreset selection sees them: projected to `dim` (distances roughly kept, much cheaper)."""
+    selection = random_projection(vectors.shape[1], dim, seed + 1)
+    if selection is None:
+        return vectors
+    return np.ascontiguousarray(vectors @ selection, dtype=np.float32)
+
+
 def greedy_coreset(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
     """Indices of a k-center greedy subset: each pick is the vector farthest from those already picked."""
     count = len(vectors)
@@ -60,6 +68,7 @@ def build_memory(
         vectors = vectors @ projection
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if config.mode == "patch":
-        vectors = vectors[greedy_coreset(vectors, config.coreset_size, seed)]
+        picked = greedy_coreset(selection_space(vectors, config.selection_dim, seed), config.coreset_size, seed)
+        vectors = vectors[picked]
     index = build_index(vectors, ef=max(config.ef, config.k), connections=config.connections, seed=seed)
     return KnnMemory(mode=config.mode, index=index, projection=projection, neighbours=config.k)

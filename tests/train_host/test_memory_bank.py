@@ -1,0 +1,40 @@
+"""The KNN memory bank: full-width stored vectors, coreset picked in a projected space, the memory-only baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from train_host.memory_bank import greedy_coreset, selection_space
+
+
+def test_selection_space_projects_only_when_asked() -> None:
+    vectors = np.random.default_rng(0).standard_normal((50, 232)).astype(np.float32)
+    assert selection_space(vectors, None, 0) is vectors
+    assert selection_space(vectors, 64, 0).shape == (50, 64)
+
+
+def test_coreset_in_projected_space_still_covers_far_clusters() -> None:
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((5, 232)).astype(np.float32) * 20
+    vectors = np.concatenate([c + rng.standard_normal((200, 232)).astype(np.float32) for c in centres])
+    picked = greedy_coreset(selection_space(vectors, 32, 0), 5, 0)
+    assert sorted(set(picked // 200)) == [0, 1, 2, 3, 4]
+
+
+def test_memory_keeps_full_width_vectors(tiny_run) -> None:
+    from train_host.run_store import load_run
+
+    run = load_run(tiny_run)
+    assert run.memory.projection is None
+    stage_widths = sum(stage.shape[1] for stage in run.knn_backbone(torch.zeros(1, 1, 64, 64)))
+    assert run.memory.index.dim == stage_widths
+
+
+def test_memory_baseline_evaluates_the_knn_map_alone(tiny_config) -> None:
+    from train_host.memory_baseline import evaluate_memory_only
+
+    report = evaluate_memory_only(tiny_config)
+    assert report.overall.defect_images > 0 and report.overall.good_images > 0
+    assert 0.0 <= report.overall.image_auroc <= 1.0
+    assert report.pictures and all(picture.healed_image is None for picture in report.pictures)
