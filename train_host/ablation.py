@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from train_host.evaluation import EvaluationReport, evaluate
-from train_host.report import write_report
+from train_host.report import format_metric, write_report
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,8 @@ def ablation_table(run: Path, results: list[tuple[Ablation, EvaluationReport]]) 
     for ablation, report in results:
         m = report.overall
         lines.append(
-            f"| {ablation.description} | {m.image_auroc:.3f} | {m.pixel_auroc:.3f} | {m.aupro:.3f} | {m.f1.f1:.3f} "
+            f"| {ablation.description} | {m.image_auroc:.3f} | {format_metric(m.pixel_auroc)} "
+            f"| {format_metric(m.aupro)} | {m.f1.f1:.3f} "
             f"| {report.mean_inspection_ms:.0f} | `{command_for(run, ablation)}` |"
         )
     return "\n".join(lines)
