@@ -18,7 +18,7 @@ from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.preprocess import to_uint8_image
 from edge_runtime.results import InspectionResult
 from train_host import metrics
-from train_host.calibrate import fit_calibration
+from train_host.calibrate import fit_calibration, synthetic_recall
 from train_host.config import ConfigError, DataConfig, TrainConfig, parse_config
 from train_host.dataset import GOOD, DatasetError, TestSample, list_test_samples, load_test_item, types_without_masks
 from train_host.run_store import TrainedRun, build_pipeline, load_run
@@ -69,6 +69,8 @@ class EvaluationReport:
     roc: metrics.RocCurve
     types_without_masks: list[str] = field(default_factory=list)
     pictures: list[SamplePicture] = field(default_factory=list)
+    # Recall the stored threshold gives on synthetic defects pasted on held-out goods (None: not measured).
+    expected_recall: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -78,6 +80,7 @@ class EvaluationReport:
             "image_threshold": self.image_threshold,
             "mean_inspection_ms": self.mean_inspection_ms,
             "types_without_masks": self.types_without_masks,
+            "expected_recall": self.expected_recall,
             "overall": asdict(self.overall),
             "per_type": [asdict(m) for m in self.per_type],
         }
@@ -172,7 +175,9 @@ def evaluate(
     pipeline = build_pipeline(run, config.inspection, pick_device(device or config.device))
     calibration = calibration_for(run, config, pipeline)
     samples = select_samples(list_test_samples(config.data.root), max_per_type or config.data.max_test_images_per_type)
-    return inspect_test_set(pipeline, calibration, samples, config.data, str(run_dir), tag, overrides)
+    report = inspect_test_set(pipeline, calibration, samples, config.data, str(run_dir), tag, overrides)
+    report.expected_recall = synthetic_recall(pipeline, calibration, run.holdout_images(), config.seed)
+    return report
 
 
 def inspect_test_set(

@@ -11,7 +11,7 @@ import torch
 
 from edge_runtime.pipeline import InspectionPipeline
 from train_host.backbone import Backbone
-from train_host.calibrate import fit_calibration
+from train_host.calibrate import fit_calibration, synthetic_recall
 from train_host.config import TrainConfig
 from train_host.dataset import list_test_samples, load_image, split_holdout, train_images
 from train_host.evaluation import EvaluationReport, inspect_test_set, select_samples
@@ -61,6 +61,9 @@ def evaluate_memory_only(config: TrainConfig, tag: str = "memory_only") -> Evalu
     memory = build_memory(backbone, load(fit_paths), config.memory, device, config.seed)
     networks = BackboneOnlyNetworks(backbone, device)
     pipeline = InspectionPipeline(networks, memory, config.inspection, schedule_of(config))
-    calibration = fit_calibration(pipeline, load(holdout_paths), config.calibration)
+    holdout = load(holdout_paths)
+    calibration = fit_calibration(pipeline, holdout, config.calibration)
     samples = select_samples(list_test_samples(data.root), data.max_test_images_per_type)
-    return inspect_test_set(pipeline, calibration, samples, data, str(data.root), tag)
+    report = inspect_test_set(pipeline, calibration, samples, data, str(data.root), tag)
+    report.expected_recall = synthetic_recall(pipeline, calibration, holdout, config.seed)
+    return report

@@ -112,6 +112,14 @@ def write_report(report: EvaluationReport, folder: Path) -> Path:
         f"Run: `{report.run}`; overrides: {', '.join(f'`{o}`' for o in report.overrides) or 'none'}.",
         f"Image threshold (from good held-out images): {report.image_threshold:.4f}; "
         f"mean inspection time {report.mean_inspection_ms:.1f} ms per image.",
+        *(
+            [
+                f"Expected recall at that threshold, on synthetic defects pasted on held-out goods: "
+                f"{report.expected_recall:.3f} (measured on the test set: {report.overall.recall:.3f})."
+            ]
+            if report.expected_recall is not None
+            else []
+        ),
         "",
         metrics_table(report),
         "",

@@ -82,8 +82,8 @@ def paste_patch(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray
     mask = np.zeros((height, width), dtype=bool)
     mask[target_top : target_top + patch_h, target_left : target_left + patch_w] = True
     # Where the pasted piece happens to equal what was there, there is no defect to find.
-    changed = np.abs(defective - image).max(axis=0) > 0.02
-    return defective.astype(np.float32), mask & changed
+    mask &= np.abs(defective - image).max(axis=0) > 0.02
+    return np.where(mask[None], defective, image).astype(np.float32), mask
 
 
 def draw_scratch(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -37,4 +37,5 @@ def test_memory_baseline_evaluates_the_knn_map_alone(tiny_config) -> None:
     report = evaluate_memory_only(tiny_config)
     assert report.overall.defect_images > 0 and report.overall.good_images > 0
     assert 0.0 <= report.overall.image_auroc <= 1.0
+    assert report.expected_recall is not None and 0.0 <= report.expected_recall <= 1.0
     assert report.pictures and all(picture.healed_image is None for picture in report.pictures)
