@@ -23,6 +23,7 @@ def device(broker, bundle, keys, tmp_path):
         "mqtt": {"host": "127.0.0.1", "port": broker.port, "prefix": "test", "device_id": "cam1"},
         "heatmaps": {"publish": "off"},
         "openvino": {"threads": 1},
+        "updates": {"local_folder": str(tmp_path)},  # the tests push bundles from their own folder
     }
     service = Service(parse_config(raw, "push test config"))
     thread = threading.Thread(target=service.run, daemon=True)
