@@ -57,6 +57,20 @@ def read_password(config: MqttConfig) -> str | None:
     return lines[0] if lines else ""
 
 
+def apply_login(client: mqtt.Client, config: MqttConfig) -> None:
+    """The broker login and TLS settings of a client, the same for every connection the device opens."""
+    if config.username:
+        client.username_pw_set(config.username, read_password(config))
+    if config.tls is not None:
+        tls = config.tls
+        client.tls_set(
+            ca_certs=str(tls.ca_file) if tls.ca_file else None,
+            certfile=str(tls.cert_file) if tls.cert_file else None,
+            keyfile=str(tls.key_file) if tls.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+
+
 class Publisher:
     """Owns the MQTT connection; paho reconnects with backoff and retransmits unacked QoS 1 messages, so each
     outbox row is handed to paho once per process and at most `inflight` rows wait for acks at any time.
@@ -103,16 +117,7 @@ class Publisher:
         client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)
         # paho's own queue only ever holds the in-flight window plus a few status messages.
         client.max_inflight_messages_set(config.inflight)
-        if config.username:
-            client.username_pw_set(config.username, read_password(config))
-        if config.tls is not None:
-            tls = config.tls
-            client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+        apply_login(client, config)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

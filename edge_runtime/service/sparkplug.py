@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import queue
-import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import paho.mqtt.client as mqtt
 from edge_runtime.service.commands import CommandError
 from edge_runtime.service.outbox import Outbox
 from edge_runtime.service.plc_config import SparkplugConfig
-from edge_runtime.service.publisher import read_password
+from edge_runtime.service.publisher import apply_login
 from edge_runtime.service.service_config import MqttConfig, OutboxConfig
 from edge_runtime.service.sparkplug_payloads import (
     COMMAND_ERROR,
@@ -159,16 +158,7 @@ class SparkplugNode:
         # Sparkplug edge nodes use clean sessions: state is rebuilt by the births, not by the broker.
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)
-        if config.username:
-            client.username_pw_set(config.username, read_password(config))
-        if config.tls is not None:
-            tls = config.tls
-            client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+        apply_login(client, config)
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

@@ -18,6 +18,16 @@ DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 PART_SIZE = (192, 160)  # width, height of the recorded frames; not the model size, so boxes are scaled
 
 
+def wait_until(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
+    """Poll until the predicate holds; fail naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
 class Listener:
     """A PLC-like subscriber that records every message under the device's topics."""
 
@@ -45,12 +55,7 @@ class Listener:
             return [(t, p) for t, p in self.messages if part in t]
 
     def wait_for(self, predicate, timeout: float, what: str) -> None:  # noqa: ANN001
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        wait_until(predicate, timeout, what)
 
     def publish(self, topic: str, payload: bytes | str) -> None:
         self.wait_for(self.client.is_connected, 15, "the listener to be connected")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -15,17 +14,9 @@ from edge_runtime.service.mqtt_topics import Topics
 from edge_runtime.service.outbox import Outbox
 from edge_runtime.service.publisher import Publisher
 from edge_runtime.service.service_config import MqttConfig
+from tests.edge_runtime.service.conftest import wait_until
 
 RESULT = "test/cam1/result"
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def rows_kept(path: Path) -> int:
