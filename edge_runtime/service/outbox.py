@@ -73,7 +73,7 @@ class Outbox:
             raise
         self._rows = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
         self._next_seq = self._highest_seq() + 1
-        self._clock_base = self._counter("clock_ms") / 1000.0
+        self._clock_base = self._resumed_clock()
         self._clock_start = time.monotonic()
         self._memory: list[tuple[OutboxRow, float]] = []  # rows the disk refused, with their outbox time
         self._unsaved_drops = 0  # drops of memory rows, added to the disk counter at the next good write
@@ -99,6 +99,12 @@ class Outbox:
     def _counter(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else 0
+
+    def _resumed_clock(self) -> float:
+        # The saved counter is whole milliseconds, behind the rows' exact times; the clock must never run
+        # back behind a row it stored, or that row would be younger than anything added after the restart.
+        newest_row = self._db.execute("SELECT MAX(stored_s) FROM outbox").fetchone()[0]
+        return max(self._counter("clock_ms") / 1000.0, float(newest_row or 0.0))
 
     def clock(self) -> float:
         """Seconds on the outbox clock: the service's running time, summed over all its runs."""
