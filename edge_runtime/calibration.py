@@ -8,6 +8,18 @@ from edge_runtime.anomaly_map import MapStats
 from edge_runtime.severity import SeverityBins
 
 
+def map_stats_from_dict(data: dict) -> MapStats:
+    """Band statistics; a plain number (calibrations before edge bands) is one global band."""
+
+    def as_tuple(value: float | list[float]) -> tuple[float, ...]:
+        return tuple(float(v) for v in value) if isinstance(value, list | tuple) else (float(value),)
+
+    location, scale = as_tuple(data["location"]), as_tuple(data["scale"])
+    if len(location) != len(scale):
+        raise ValueError(f"map statistics have {len(location)} locations but {len(scale)} scales")
+    return MapStats(location=location, scale=scale, band_width=int(data.get("band_width", 0)))
+
+
 @dataclass(frozen=True)
 class Calibration:
     bins: SeverityBins
@@ -18,7 +30,10 @@ class Calibration:
     def to_dict(self) -> dict:
         return {
             "bins": {"low": self.bins.low, "high": self.bins.high, "count": self.bins.count},
-            "map_stats": {k: {"location": s.location, "scale": s.scale} for k, s in self.map_stats.items()},
+            "map_stats": {
+                k: {"location": list(s.location), "scale": list(s.scale), "band_width": s.band_width}
+                for k, s in self.map_stats.items()
+            },
             "image_threshold": self.image_threshold,
             "pixel_threshold": self.pixel_threshold,
         }
@@ -28,7 +43,7 @@ class Calibration:
         try:
             return cls(
                 bins=SeverityBins(**data["bins"]),
-                map_stats={k: MapStats(**v) for k, v in data["map_stats"].items()},
+                map_stats={k: map_stats_from_dict(v) for k, v in data["map_stats"].items()},
                 image_threshold=float(data["image_threshold"]),
                 pixel_threshold=float(data["pixel_threshold"]),
             )

@@ -24,8 +24,9 @@ from edge_runtime.schedule import DiffusionSchedule
 from edge_runtime.settings import InspectionSettings, StrictModel
 from edge_runtime.severity import SeverityBins
 
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+# 2: map statistics per band of distance to the image edge. Version 1 bundles (one number each) still load.
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
@@ -149,8 +150,22 @@ class SeverityBinsSpec(_Spec):
 
 
 class MapStatsSpec(_Spec):
-    location: float
-    scale: float = Field(gt=0.0)
+    """Per band of distance to the image edge (schema 2); schema 1 gave one number, i.e. one band."""
+
+    location: list[float] = Field(min_length=1)
+    scale: list[Annotated[float, Field(gt=0.0)]] = Field(min_length=1)
+    band_width: int = Field(0, ge=0, description="pixels per band; 0 = a single global band")
+
+    @field_validator("location", "scale", mode="before")
+    @classmethod
+    def _one_band_from_a_number(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _as_many_scales_as_locations(self) -> MapStatsSpec:
+        if len(self.location) != len(self.scale):
+            raise ValueError(f"{len(self.location)} locations but {len(self.scale)} scales")
+        return self
 
 
 class CalibrationSpec(_Spec):
@@ -176,7 +191,10 @@ class CalibrationSpec(_Spec):
     def to_calibration(self) -> Calibration:
         return Calibration(
             bins=SeverityBins(low=self.bins.low, high=self.bins.high, count=self.bins.count),
-            map_stats={kind: MapStats(location=s.location, scale=s.scale) for kind, s in self.map_stats.items()},
+            map_stats={
+                kind: MapStats(location=tuple(s.location), scale=tuple(s.scale), band_width=s.band_width)
+                for kind, s in self.map_stats.items()
+            },
             image_threshold=self.image_threshold,
             pixel_threshold=self.pixel_threshold,
         )

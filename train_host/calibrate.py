@@ -21,7 +21,7 @@ def fit_calibration(pipeline: InspectionPipeline, images: np.ndarray, config: Ca
         for image, severity in progress(zip(images, severities, strict=True), "calibration: maps", len(images))
     ]
     stats = {
-        kind: MapStats.fit(np.stack([raw.maps[kind] for raw in raws]), config.map_scale_quantile)
+        kind: MapStats.fit(np.stack([raw.maps[kind] for raw in raws]), config.map_scale_quantile, config.edge_band_px)
         for kind in raws[0].maps
     }
     provisional = Calibration(bins=bins, map_stats=stats, image_threshold=np.inf, pixel_threshold=np.inf)

@@ -11,6 +11,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from edge_runtime.preprocess import ColorMode
 from edge_runtime.settings import InspectionSettings, StrictModel
 
+BORDER_MULTIPLE = 32  # the coarsest stride, so every stage map crops back to the image exactly
 BACKBONE_STAGE_COUNT = 7  # EfficientNet-Lite0 has seven block stages, strides 2,4,8,16,16,32,32
 
 
@@ -38,6 +39,9 @@ class BackboneConfig(StrictModel):
     # Stride 8 and both stride-16 stages: texture detail and part-level context in one patch vector.
     knn_stages: list[int] = Field([2, 3, 4], min_length=1, description="stages feeding the KNN memory")
     map_stages: list[int] = Field([1, 2, 4], min_length=1, description="stages compared input vs healed")
+    reflect_border: int = Field(
+        32, ge=0, multiple_of=BORDER_MULTIPLE, description="pixels mirrored around the image before the backbone"
+    )
 
     @field_validator("knn_stages", "map_stages")
     @classmethod
@@ -108,6 +112,7 @@ class CalibrationConfig(StrictModel):
     image_false_alarm_rate: float = Field(0.02, gt=0, lt=1, description="target rate on good held-out images")
     pixel_quantile: float = Field(0.999, gt=0.5, lt=1)
     map_scale_quantile: float = Field(0.99, gt=0.5, lt=1)
+    edge_band_px: int = Field(8, ge=0, description="map statistics per band this wide from the image edge; 0 = one")
 
 
 class TrainConfig(StrictModel):
@@ -130,6 +135,11 @@ class TrainConfig(StrictModel):
             raise ValueError("inspection.map_weights.knn > 0 needs memory.mode 'patch'")
         if self.inspection.t_max >= self.schedule.num_timesteps:
             raise ValueError("inspection.t_max must be below schedule.num_timesteps")
+        if self.backbone.reflect_border >= min(self.data.image_size):
+            raise ValueError(
+                f"backbone.reflect_border ({self.backbone.reflect_border}) must be smaller than the image "
+                f"({list(self.data.image_size)}); set it to 0 for images this small"
+            )
         return self
 
 

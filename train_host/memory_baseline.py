@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from edge_runtime.pipeline import InspectionPipeline
-from train_host.backbone import Backbone
+from train_host.backbone import Backbone, knn_backbone
 from train_host.calibrate import fit_calibration, synthetic_recall
 from train_host.config import TrainConfig
 from train_host.dataset import list_test_samples, load_image, split_holdout, train_images
@@ -53,7 +53,7 @@ def evaluate_memory_only(config: TrainConfig, tag: str = "memory_only") -> Evalu
     fit_paths, holdout_paths = split_holdout(train_images(data.root), data.holdout_fraction, config.seed)
     if data.max_train_images:
         fit_paths = fit_paths[: data.max_train_images]
-    backbone = Backbone(config.backbone.knn_stages, data.image_size)
+    backbone = knn_backbone(config.backbone, data.image_size)
 
     def load(paths: list) -> np.ndarray:
         return np.stack([load_image(path, data.image_size, data.color) for path in paths])

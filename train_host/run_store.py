@@ -16,7 +16,7 @@ from edge_runtime.preprocess import channels_of
 from edge_runtime.schedule import DiffusionSchedule
 from edge_runtime.settings import InspectionSettings
 from train_host.autoencoder import Autoencoder
-from train_host.backbone import Backbone
+from train_host.backbone import Backbone, knn_backbone, map_backbone
 from train_host.config import ConfigError, TrainConfig, load_config
 from train_host.dataset import load_image
 from train_host.torch_networks import TorchNetworks
@@ -125,7 +125,7 @@ def load_run(root: Path, require_calibration: bool = True) -> TrainedRun:
         raise ConfigError(f"{root} is not a finished training run (no {paths.calibration.name})")
     config = load_config(paths.config)
     size = config.data.image_size
-    adapted = Backbone(config.backbone.map_stages, size)
+    adapted = map_backbone(config.backbone, size)
     if paths.adapted_backbone.is_file():
         load_state(adapted, paths.adapted_backbone)
     split = json.loads(paths.split.read_text())
@@ -134,8 +134,8 @@ def load_run(root: Path, require_calibration: bool = True) -> TrainedRun:
         config=config,
         autoencoder=load_state(new_autoencoder(config), paths.autoencoder),
         unet=load_state(new_unet(config), paths.unet),
-        knn_backbone=Backbone(config.backbone.knn_stages, size).eval(),
-        frozen_map_backbone=Backbone(config.backbone.map_stages, size).eval(),
+        knn_backbone=knn_backbone(config.backbone, size),
+        frozen_map_backbone=map_backbone(config.backbone, size).eval(),
         adapted_map_backbone=adapted.eval(),
         memory=KnnMemory.load(paths.memory),
         calibration=(

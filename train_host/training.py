@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_runtime.sampler import ConditionedDDIMSampler
 from train_host.adaptation import adapt_backbone
-from train_host.backbone import Backbone
+from train_host.backbone import knn_backbone, map_backbone
 from train_host.calibrate import fit_calibration
 from train_host.config import ConfigError, TrainConfig, config_to_yaml, load_config
 from train_host.dataset import load_image, split_holdout, train_images
@@ -105,7 +105,7 @@ def train(config: TrainConfig, out: Path) -> RunPaths:
     def fit_adaptation() -> list[float]:
         settings = config.inspection
         sampler = ConditionedDDIMSampler(schedule, max(settings.denoise_steps, 1), settings.condition_weight)
-        backbone = Backbone(config.backbone.map_stages, size)
+        backbone = map_backbone(config.backbone, size)
         adapted, losses = adapt_backbone(
             backbone, autoencoder, unet, sampler, settings, images, config.adaptation, device, config.seed
         )
@@ -116,8 +116,8 @@ def train(config: TrainConfig, out: Path) -> RunPaths:
         log.run("adaptation", paths.adapted_backbone.is_file(), fit_adaptation)
 
     def fit_memory() -> None:
-        knn_backbone = Backbone(config.backbone.knn_stages, size).eval().to(device)
-        build_memory(knn_backbone, images, config.memory, device, config.seed).save(paths.memory)
+        frozen = knn_backbone(config.backbone, size).to(device)
+        build_memory(frozen, images, config.memory, device, config.seed).save(paths.memory)
 
     log.run("memory", (paths.memory / "memory.json").is_file(), fit_memory)
 

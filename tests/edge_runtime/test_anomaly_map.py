@@ -25,15 +25,31 @@ def test_feature_map_sums_stages():
 
 
 def test_map_stats_normalise_median_to_zero_and_quantile_to_one():
-    values = np.arange(101, dtype=np.float32)
-    stats = MapStats.fit(values, quantile=0.99)
-    assert stats.normalise(np.float32(50.0)) == pytest.approx(0.0)
-    assert stats.normalise(np.float32(99.0)) == pytest.approx(1.0)
+    values = np.arange(101, dtype=np.float32).reshape(1, 1, 101)
+    stats = MapStats.fit(values, quantile=0.99, band_width=0)
+    assert stats.normalise(np.full((1, 1), 50.0, np.float32))[0, 0] == pytest.approx(0.0)
+    assert stats.normalise(np.full((1, 1), 99.0, np.float32))[0, 0] == pytest.approx(1.0)
+
+
+def test_edge_bands_are_measured_apart_so_a_noisy_edge_does_not_outscore_the_interior():
+    rng = np.random.default_rng(0)
+    goods = rng.normal(1.0, 0.1, (20, 32, 32)).astype(np.float32)
+    goods[:, :, :4] += rng.normal(3.0, 1.0, (20, 32, 4)).astype(np.float32)  # an unsteady left edge
+    stats = MapStats.fit(goods, quantile=0.99, band_width=4)
+    assert len(stats.scale) == 4 and stats.scale[0] > 5 * stats.scale[1]
+
+    good = rng.normal(1.0, 0.1, (32, 32)).astype(np.float32)
+    good[:, :4] += 5.0  # a high but ordinary edge
+    defect = good.copy()
+    defect[14:18, 14:18] += 1.0  # a small bright spot inside
+    assert stats.normalise(defect).max() > stats.normalise(good).max()
+    flat = MapStats.fit(goods, quantile=0.99, band_width=0)
+    assert flat.normalise(defect).max() == pytest.approx(flat.normalise(good).max())  # the edge hides it
 
 
 def test_fuse_weights_normalised_maps():
     maps = {"latent": np.full((4, 4), 3.0), "feature": np.full((4, 4), 5.0), "knn": np.full((4, 4), 100.0)}
-    stats = {"latent": MapStats(1.0, 2.0), "feature": MapStats(1.0, 4.0), "knn": MapStats(0.0, 1.0)}
+    stats = {"latent": MapStats((1.0,), (2.0,)), "feature": MapStats((1.0,), (4.0,)), "knn": MapStats((0.0,), (1.0,))}
     fused = fuse_maps(maps, stats, {"latent": 0.85, "feature": 0.15, "knn": 0.0}, blur_sigma=0)
     np.testing.assert_allclose(fused, 0.85 * 1.0 + 0.15 * 1.0)
     with pytest.raises(ValueError, match="at least one map weight"):
