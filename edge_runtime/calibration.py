@@ -26,9 +26,11 @@ class Calibration:
     map_stats: dict[str, MapStats]
     image_threshold: float
     pixel_threshold: float
+    map_weights: dict[str, float] | None = None  # chosen at calibration; None = the inspection settings'
 
     def to_dict(self) -> dict:
-        return {
+        weights = {} if self.map_weights is None else {"map_weights": dict(self.map_weights)}
+        return weights | {
             "bins": {"low": self.bins.low, "high": self.bins.high, "count": self.bins.count},
             "map_stats": {
                 k: {"location": list(s.location), "scale": list(s.scale), "band_width": s.band_width}
@@ -46,6 +48,11 @@ class Calibration:
                 map_stats={k: map_stats_from_dict(v) for k, v in data["map_stats"].items()},
                 image_threshold=float(data["image_threshold"]),
                 pixel_threshold=float(data["pixel_threshold"]),
+                map_weights=_weights_from(data.get("map_weights")),
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"calibration data is incomplete or malformed: {error!r}") from error
+
+
+def _weights_from(data: dict | None) -> dict[str, float] | None:
+    return None if data is None else {kind: float(weight) for kind, weight in data.items()}

@@ -175,10 +175,15 @@ class CalibrationSpec(_Spec):
     map_stats: dict[str, MapStatsSpec]
     image_threshold: float
     pixel_threshold: float
+    map_weights: dict[str, Annotated[float, Field(ge=0.0)]] | None = Field(
+        None, description="fusion weights chosen at calibration (schema 2); null = inspection.map_weights"
+    )
 
-    @field_validator("map_stats")
+    @field_validator("map_stats", "map_weights")
     @classmethod
-    def _known_kinds(cls, value: dict[str, MapStatsSpec]) -> dict[str, MapStatsSpec]:
+    def _known_kinds(cls, value: dict | None) -> dict | None:
+        if value is None:
+            return value
         unknown = sorted(set(value) - set(MAP_KINDS))
         if unknown:
             raise ValueError(f"unknown map kinds {unknown}; known kinds are {list(MAP_KINDS)}")
@@ -197,6 +202,7 @@ class CalibrationSpec(_Spec):
             },
             image_threshold=self.image_threshold,
             pixel_threshold=self.pixel_threshold,
+            map_weights=None if self.map_weights is None else dict(self.map_weights),
         )
 
 

@@ -113,7 +113,7 @@ class InspectionPipeline:
         )
 
     def anomaly_map(self, raw: RawMaps, calibration: Calibration) -> np.ndarray:
-        weights = self.settings.map_weights.as_dict()
+        weights = calibration.map_weights or self.settings.map_weights.as_dict()
         return fuse_maps(raw.maps, calibration.map_stats, weights, self.settings.blur_sigma)
 
     def inspect(self, image: np.ndarray, calibration: Calibration) -> InspectionResult:

@@ -180,7 +180,7 @@ class GateEvaluator:
         return InspectionPipeline(networks, self.run.memory, self.run.config.inspection, schedule_of(self.run.config))
 
     def calibrate(self, pipeline: InspectionPipeline) -> Calibration:
-        return fit_calibration(pipeline, self.holdout, self.run.config.calibration)
+        return fit_calibration(pipeline, self.holdout, self.run.config.calibration, self.run.config.seed)
 
     def figures(self, files: dict[str, Path]) -> GateFigures:
         pipeline = self.pipeline(files)

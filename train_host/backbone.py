@@ -77,12 +77,12 @@ class Backbone(nn.Module):
 
 def knn_backbone(config: BackboneConfig, image_size: tuple[int, int]) -> Backbone:
     """The frozen backbone whose patch vectors fill the KNN memory."""
-    return Backbone(config.knn_stages, image_size, config.reflect_border).eval()
+    return Backbone(config.knn_stages, image_size, config.border_for(image_size)).eval()
 
 
 def map_backbone(config: BackboneConfig, image_size: tuple[int, int]) -> Backbone:
     """A backbone for comparing input and healed image (frozen, or the copy that domain adaptation trains)."""
-    return Backbone(config.map_stages, image_size, config.reflect_border)
+    return Backbone(config.map_stages, image_size, config.border_for(image_size))
 
 
 def imagenet_classifier(image_size: tuple[int, int] = (224, 224)) -> EfficientNet:

@@ -9,11 +9,15 @@ from edge_runtime.calibration import Calibration
 from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.severity import SeverityBins
 from train_host.config import CalibrationConfig
+from train_host.fusion_weights import choose_map_weights
 from train_host.synthetic_defects import make_synthetic_defects
 from train_host.torch_setup import progress
 
 
-def fit_calibration(pipeline: InspectionPipeline, images: np.ndarray, config: CalibrationConfig) -> Calibration:
+def fit_calibration(
+    pipeline: InspectionPipeline, images: np.ndarray, config: CalibrationConfig, seed: int = 0
+) -> Calibration:
+    """Map statistics, fusion weights and thresholds from good held-out images (and synthetic defects on them)."""
     severities = [pipeline.severity(image) for image in progress(images, "calibration: knn")]
     bins = SeverityBins.fit(np.array([s.distance for s in severities]), pipeline.settings.severity_bins)
     raws = [
@@ -24,12 +28,20 @@ def fit_calibration(pipeline: InspectionPipeline, images: np.ndarray, config: Ca
         kind: MapStats.fit(np.stack([raw.maps[kind] for raw in raws]), config.map_scale_quantile, config.edge_band_px)
         for kind in raws[0].maps
     }
-    provisional = Calibration(bins=bins, map_stats=stats, image_threshold=np.inf, pixel_threshold=np.inf)
+    weights = pipeline.settings.map_weights.as_dict()
+    if config.choose_map_weights and sum(w > 0 for w in weights.values()) > 1:
+        defective, masks = make_synthetic_defects(images, seed)
+        synthetic = [pipeline.raw_maps(image, bins) for image in progress(defective, "calibration: synthetic maps")]
+        weights, _ = choose_map_weights(raws, synthetic, masks, stats, weights, pipeline.settings.blur_sigma, seed)
+    provisional = Calibration(
+        bins=bins, map_stats=stats, image_threshold=np.inf, pixel_threshold=np.inf, map_weights=weights
+    )
     combined = np.stack([pipeline.anomaly_map(raw, provisional) for raw in raws])
     scores = combined.reshape(len(combined), -1).max(axis=1)
     return Calibration(
         bins=bins,
         map_stats=stats,
+        map_weights=weights,
         image_threshold=float(np.quantile(scores, 1.0 - config.image_false_alarm_rate)),
         pixel_threshold=float(np.quantile(combined, config.pixel_quantile)),
     )

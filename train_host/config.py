@@ -40,8 +40,16 @@ class BackboneConfig(StrictModel):
     knn_stages: list[int] = Field([2, 3, 4], min_length=1, description="stages feeding the KNN memory")
     map_stages: list[int] = Field([1, 2, 4], min_length=1, description="stages compared input vs healed")
     reflect_border: int = Field(
-        32, ge=0, multiple_of=BORDER_MULTIPLE, description="pixels mirrored around the image before the backbone"
+        32,
+        ge=0,
+        multiple_of=BORDER_MULTIPLE,
+        description="pixels mirrored around the image before the backbone; capped below the image's short side",
     )
+
+    def border_for(self, image_size: tuple[int, int]) -> int:
+        """The mirrored border for this image size: a mirror cannot be wider than the image it mirrors."""
+        below_image = (min(image_size) - 1) // BORDER_MULTIPLE * BORDER_MULTIPLE
+        return min(self.reflect_border, below_image)
 
     @field_validator("knn_stages", "map_stages")
     @classmethod
@@ -112,6 +120,9 @@ class CalibrationConfig(StrictModel):
     image_false_alarm_rate: float = Field(0.02, gt=0, lt=1, description="target rate on good held-out images")
     pixel_quantile: float = Field(0.999, gt=0.5, lt=1)
     map_scale_quantile: float = Field(0.99, gt=0.5, lt=1)
+    choose_map_weights: bool = Field(
+        True, description="scale the configured map weights to separate synthetic defects from held-out goods best"
+    )
     edge_band_px: int = Field(8, ge=0, description="map statistics per band this wide from the image edge; 0 = one")
 
 
@@ -135,11 +146,6 @@ class TrainConfig(StrictModel):
             raise ValueError("inspection.map_weights.knn > 0 needs memory.mode 'patch'")
         if self.inspection.t_max >= self.schedule.num_timesteps:
             raise ValueError("inspection.t_max must be below schedule.num_timesteps")
-        if self.backbone.reflect_border >= min(self.data.image_size):
-            raise ValueError(
-                f"backbone.reflect_border ({self.backbone.reflect_border}) must be smaller than the image "
-                f"({list(self.data.image_size)}); set it to 0 for images this small"
-            )
         return self
 
 

@@ -101,7 +101,7 @@ def calibration_for(run: TrainedRun, config: TrainConfig, pipeline: InspectionPi
     if unchanged and run.calibration is not None:
         return run.calibration
     print("inspection settings differ from training: recalibrating on the held-out good images")
-    return fit_calibration(pipeline, run.holdout_images(), config.calibration)
+    return fit_calibration(pipeline, run.holdout_images(), config.calibration, config.seed)
 
 
 def select_samples(samples: list[TestSample], max_per_type: int | None) -> list[TestSample]:

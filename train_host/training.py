@@ -123,7 +123,7 @@ def train(config: TrainConfig, out: Path) -> RunPaths:
 
     def calibrate() -> None:
         pipeline = build_pipeline(load_run(paths.root, require_calibration=False), config.inspection, device)
-        calibration = fit_calibration(pipeline, load_images(holdout_paths, config), config.calibration)
+        calibration = fit_calibration(pipeline, load_images(holdout_paths, config), config.calibration, config.seed)
         paths.calibration.write_text(json.dumps(calibration.to_dict(), indent=2))
 
     log.run("calibration", paths.calibration.is_file(), calibrate)

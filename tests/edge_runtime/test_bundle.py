@@ -26,7 +26,7 @@ from edge_runtime.bundle import (
     verify_bundle,
 )
 from edge_runtime.calibration import Calibration
-from edge_runtime.manifest import Manifest
+from edge_runtime.manifest import CalibrationSpec, Manifest
 from edge_runtime.settings import InspectionSettings
 
 CALIBRATION = {
@@ -520,3 +520,22 @@ def test_load_installed_of_an_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="manifest.json") as caught:
         load_installed(tmp_path)
     assert caught.value.reason == "not_a_bundle"
+
+
+def test_schema_2_calibration_keeps_edge_bands_and_chosen_weights() -> None:
+    calibration = Calibration.from_dict(
+        {
+            **CALIBRATION,
+            "map_stats": {"knn": {"location": [0.5, 0.1], "scale": [2.0, 1.0], "band_width": 8}},
+            "map_weights": {"knn": 1.0, "latent": 0.5, "feature": 0.0},
+        }
+    )
+    spec = CalibrationSpec.from_calibration(calibration)
+    assert spec.to_calibration() == calibration
+    assert spec.to_calibration().map_stats["knn"].scale == (2.0, 1.0)
+    with pytest.raises(ValueError, match="unknown map kinds"):
+        CalibrationSpec.model_validate({**calibration.to_dict(), "map_weights": {"colour": 1.0}})
+    with pytest.raises(ValueError, match="2 locations but 1 scales"):
+        CalibrationSpec.model_validate(
+            {**CALIBRATION, "map_stats": {"knn": {"location": [0.5, 0.1], "scale": [1.0], "band_width": 8}}}
+        )

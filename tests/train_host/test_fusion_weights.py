@@ -1,0 +1,39 @@
+import numpy as np
+
+from edge_runtime.anomaly_map import MapStats
+from edge_runtime.results import RawMaps
+from train_host.fusion_weights import candidate_weights, choose_map_weights
+
+SIZE = (32, 32)
+
+
+def raw(maps: dict[str, np.ndarray]) -> RawMaps:
+    return RawMaps(severity_distance=0.0, severity_bin=0, timestep=0, steps=0, maps=maps, healed_image=None)
+
+
+def test_candidates_start_with_the_configured_weights_and_never_revive_an_unused_map():
+    configured = {"latent": 0.85, "feature": 0.15, "knn": 0.0}
+    candidates = candidate_weights(configured)
+    assert candidates[0] == configured
+    assert all(c["knn"] == 0.0 for c in candidates)
+    assert {"latent": 0.0, "feature": 0.3, "knn": 0.0} in candidates
+    assert len(candidates) == 4 * 4 - 1
+
+
+def test_a_map_that_only_adds_noise_is_dropped_and_the_informative_one_kept():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((24, *SIZE), bool)
+    masks[:, 10:16, 12:18] = True
+
+    def maps(defect: np.ndarray | None) -> dict[str, np.ndarray]:
+        knn = rng.normal(0, 1, SIZE).astype(np.float32)
+        if defect is not None:
+            knn[defect] += 4.0
+        return {"knn": knn, "latent": rng.normal(0, 3, SIZE).astype(np.float32)}
+
+    good = [raw(maps(None)) for _ in range(24)]
+    defective = [raw(maps(mask)) for mask in masks]
+    stats = {"knn": MapStats((0.0,), (1.0,), 0), "latent": MapStats((0.0,), (1.0,), 0)}
+    weights, quality = choose_map_weights(good, defective, masks, stats, {"latent": 1.0, "knn": 1.0}, 1.0, seed=0)
+    assert weights["latent"] == 0.0 and weights["knn"] > 0.0
+    assert quality > 1.9  # both AUROCs near 1 once the noise is gone
