@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-evaluate", action="store_true", help="skip the evaluation on the labelled test images")
     demo.add_argument("--parts", type=int, default=40, help="test parts on the conveyor")
     demo.add_argument("--fps", type=float, default=2.0, help="conveyor frame rate (frames/s)")
-    demo.add_argument("--precision", choices=["int8", "auto", "fp16", "fp32"], default="int8", help="of the bundle")
+    demo.add_argument("--precision", choices=["auto", "int8", "fp16", "fp32"], default="auto", help="of the bundle")
     demo.add_argument("--timeout", type=float, default=None, help="seconds to wait for every part's result")
     return parser
 

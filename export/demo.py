@@ -62,7 +62,7 @@ class DemoOptions:
     parts: int = 40
     fps: float = 2.0
     frame_size: tuple[int, int] = (256, 256)  # (width, height) of the conveyor's frames
-    precision: PrecisionChoice = "int8"  # as `python -m export bundle --precision`
+    precision: PrecisionChoice = "auto"  # as `python -m export bundle --precision`
     calibration_images: int = 32
     gate_images_per_type: int = 10
     stream_timeout_s: float | None = None  # default: a start-up allowance plus three passes of the conveyor

@@ -180,7 +180,10 @@ class GateEvaluator:
         return InspectionPipeline(networks, self.run.memory, self.run.config.inspection, schedule_of(self.run.config))
 
     def calibrate(self, pipeline: InspectionPipeline) -> Calibration:
-        return fit_calibration(pipeline, self.holdout, self.run.config.calibration, self.run.config.seed)
+        # The fusion weights the training chose on synthetic defects stay: the gate judges precision, not fusion.
+        chosen = self.run.calibration.map_weights if self.run.calibration is not None else None
+        config = self.run.config
+        return fit_calibration(pipeline, self.holdout, config.calibration, config.seed, fixed_weights=chosen)
 
     def figures(self, files: dict[str, Path]) -> GateFigures:
         pipeline = self.pipeline(files)

@@ -15,9 +15,14 @@ from train_host.torch_setup import progress
 
 
 def fit_calibration(
-    pipeline: InspectionPipeline, images: np.ndarray, config: CalibrationConfig, seed: int = 0
+    pipeline: InspectionPipeline,
+    images: np.ndarray,
+    config: CalibrationConfig,
+    seed: int = 0,
+    fixed_weights: dict[str, float] | None = None,
 ) -> Calibration:
-    """Map statistics, fusion weights and thresholds from good held-out images (and synthetic defects on them)."""
+    """Map statistics, fusion weights and thresholds from good held-out images (and synthetic defects on them).
+    `fixed_weights`, when given, are used as they are instead of being chosen."""
     severities = [pipeline.severity(image) for image in progress(images, "calibration: knn")]
     bins = SeverityBins.fit(np.array([s.distance for s in severities]), pipeline.settings.severity_bins)
     raws = [
@@ -28,8 +33,8 @@ def fit_calibration(
         kind: MapStats.fit(np.stack([raw.maps[kind] for raw in raws]), config.map_scale_quantile, config.edge_band_px)
         for kind in raws[0].maps
     }
-    weights = pipeline.settings.map_weights.as_dict()
-    if config.choose_map_weights and sum(w > 0 for w in weights.values()) > 1:
+    weights = fixed_weights or pipeline.settings.map_weights.as_dict()
+    if fixed_weights is None and config.choose_map_weights and sum(w > 0 for w in weights.values()) > 1:
         defective, masks = make_synthetic_defects(images, seed)
         synthetic = [pipeline.raw_maps(image, bins) for image in progress(defective, "calibration: synthetic maps")]
         weights, _ = choose_map_weights(raws, synthetic, masks, stats, weights, pipeline.settings.blur_sigma, seed)
