@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -16,6 +17,7 @@ from edge_runtime.preprocess import IMAGE_SUFFIXES, ColorMode, FrameError, prepr
 
 GOOD = "good"
 MASK_SUFFIX = "_mask.png"
+T = TypeVar("T")
 
 
 class DatasetError(ValueError):
@@ -124,6 +126,15 @@ def load_test_item(sample: TestSample, size: tuple[int, int], color: ColorMode) 
     """(model input CxHxW, boolean mask HxW or None where the defect has no mask) for one test sample."""
     stored = read_image(sample.path)
     return preprocess(stored, size, color), load_mask(sample, stored.shape[:2], size)
+
+
+def spread_subset(items: list[T], count: int | None, seed: int) -> list[T]:
+    """Up to `count` items drawn at random (seeded), kept in their original order. Not the first `count`: file
+    names often follow the acquisition order, and the first ones would all come from one shift or batch."""
+    if count is None or count >= len(items):
+        return list(items)
+    chosen = np.sort(np.random.default_rng(seed).choice(len(items), count, replace=False))
+    return [items[int(i)] for i in chosen]
 
 
 def split_holdout(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:

@@ -20,7 +20,15 @@ from edge_runtime.results import InspectionResult
 from train_host import metrics
 from train_host.calibrate import fit_calibration, synthetic_recall
 from train_host.config import ConfigError, DataConfig, TrainConfig, parse_config
-from train_host.dataset import GOOD, DatasetError, TestSample, list_test_samples, load_test_item, types_without_masks
+from train_host.dataset import (
+    GOOD,
+    DatasetError,
+    TestSample,
+    list_test_samples,
+    load_test_item,
+    spread_subset,
+    types_without_masks,
+)
 from train_host.run_store import TrainedRun, build_pipeline, load_run
 from train_host.torch_setup import pick_device, progress, seed_everything
 
@@ -104,16 +112,13 @@ def calibration_for(run: TrainedRun, config: TrainConfig, pipeline: InspectionPi
     return fit_calibration(pipeline, run.holdout_images(), config.calibration, config.seed)
 
 
-def select_samples(samples: list[TestSample], max_per_type: int | None) -> list[TestSample]:
-    if max_per_type is None:
-        return samples
-    kept: dict[str, int] = {}
-    selected = []
+def select_samples(samples: list[TestSample], max_per_type: int | None, seed: int = 0) -> list[TestSample]:
+    """Up to `max_per_type` samples of each type, spread over the type's files rather than its first ones."""
+    by_type: dict[str, list[TestSample]] = {}
     for sample in samples:
-        if kept.get(sample.defect_type, 0) < max_per_type:
-            kept[sample.defect_type] = kept.get(sample.defect_type, 0) + 1
-            selected.append(sample)
-    return selected
+        by_type.setdefault(sample.defect_type, []).append(sample)
+    kept = {id(s) for group in by_type.values() for s in spread_subset(group, max_per_type, seed)}
+    return [sample for sample in samples if id(sample) in kept]
 
 
 def pixel_metrics(maps: np.ndarray, masks: np.ndarray) -> tuple[float | None, float | None]:
@@ -174,7 +179,9 @@ def evaluate(
     seed_everything(config.seed, config.threads)
     pipeline = build_pipeline(run, config.inspection, pick_device(device or config.device))
     calibration = calibration_for(run, config, pipeline)
-    samples = select_samples(list_test_samples(config.data.root), max_per_type or config.data.max_test_images_per_type)
+    samples = select_samples(
+        list_test_samples(config.data.root), max_per_type or config.data.max_test_images_per_type, config.seed
+    )
     report = inspect_test_set(pipeline, calibration, samples, config.data, str(run_dir), tag, overrides)
     report.expected_recall = synthetic_recall(pipeline, calibration, run.holdout_images(), config.seed)
     return report

@@ -13,7 +13,7 @@ from edge_runtime.pipeline import InspectionPipeline
 from train_host.backbone import Backbone, knn_backbone
 from train_host.calibrate import fit_calibration, synthetic_recall
 from train_host.config import TrainConfig
-from train_host.dataset import list_test_samples, load_image, split_holdout, train_images
+from train_host.dataset import list_test_samples, load_image, split_holdout, spread_subset, train_images
 from train_host.evaluation import EvaluationReport, inspect_test_set, select_samples
 from train_host.memory_bank import build_memory
 from train_host.run_store import schedule_of
@@ -51,8 +51,7 @@ def evaluate_memory_only(config: TrainConfig, tag: str = "memory_only") -> Evalu
     device = pick_device(config.device)
     data = config.data
     fit_paths, holdout_paths = split_holdout(train_images(data.root), data.holdout_fraction, config.seed)
-    if data.max_train_images:
-        fit_paths = fit_paths[: data.max_train_images]
+    fit_paths = spread_subset(fit_paths, data.max_train_images, config.seed)
     backbone = knn_backbone(config.backbone, data.image_size)
 
     def load(paths: list) -> np.ndarray:
@@ -63,7 +62,7 @@ def evaluate_memory_only(config: TrainConfig, tag: str = "memory_only") -> Evalu
     pipeline = InspectionPipeline(networks, memory, config.inspection, schedule_of(config))
     holdout = load(holdout_paths)
     calibration = fit_calibration(pipeline, holdout, config.calibration)
-    samples = select_samples(list_test_samples(data.root), data.max_test_images_per_type)
+    samples = select_samples(list_test_samples(data.root), data.max_test_images_per_type, config.seed)
     report = inspect_test_set(pipeline, calibration, samples, data, str(data.root), tag)
     report.expected_recall = synthetic_recall(pipeline, calibration, holdout, config.seed)
     return report

@@ -16,7 +16,7 @@ from train_host.adaptation import adapt_backbone
 from train_host.backbone import knn_backbone, map_backbone
 from train_host.calibrate import fit_calibration
 from train_host.config import ConfigError, TrainConfig, config_to_yaml, load_config
-from train_host.dataset import load_image, split_holdout, train_images
+from train_host.dataset import load_image, split_holdout, spread_subset, train_images
 from train_host.fit_autoencoder import train_autoencoder
 from train_host.fit_denoiser import encode_with_flips, train_denoiser
 from train_host.memory_bank import build_memory
@@ -77,8 +77,7 @@ def train(config: TrainConfig, out: Path) -> RunPaths:
     # The dataset is checked before anything is written, so a typo leaves no half-made run folder.
     fit_paths, holdout_paths = split_holdout(train_images(config.data.root), config.data.holdout_fraction, config.seed)
     prepare_run_folder(config, paths)
-    if config.data.max_train_images:
-        fit_paths = fit_paths[: config.data.max_train_images]
+    fit_paths = spread_subset(fit_paths, config.data.max_train_images, config.seed)
     paths.split.write_text(json.dumps({"fit": [str(p) for p in fit_paths], "holdout": [str(p) for p in holdout_paths]}))
     images = load_images(fit_paths, config)
     size = config.data.image_size

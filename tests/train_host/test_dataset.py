@@ -10,6 +10,7 @@ from train_host.dataset import (
     load_image,
     load_test_item,
     split_holdout,
+    spread_subset,
     train_images,
     types_without_masks,
 )
@@ -115,3 +116,12 @@ def test_holdout_split_is_deterministic_and_disjoint(tiny_dataset):
     fit, held = split_holdout(paths, 0.25, seed=3)
     assert (fit, held) == split_holdout(paths, 0.25, seed=3)
     assert len(held) == 4 and not set(fit) & set(held) and len(fit) + len(held) == len(paths)
+
+
+def test_a_capped_subset_spreads_over_the_files_instead_of_taking_the_first():
+    names = [f"img_{i:03d}" for i in range(100)]
+    kept = spread_subset(names, 20, seed=0)
+    assert len(kept) == 20 and kept == sorted(kept) and len(set(kept)) == 20
+    assert kept[-1] > "img_050"  # the second half of the names is represented
+    assert spread_subset(names, 20, seed=0) == kept
+    assert spread_subset(names, None, seed=0) == names and spread_subset(names, 500, seed=0) == names
