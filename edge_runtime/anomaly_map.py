@@ -59,7 +59,7 @@ class MapStats:
 
     location: tuple[float, ...]
     scale: tuple[float, ...]
-    band_width: int = 8
+    band_width: int = 0
 
     @classmethod
     def fit(cls, values: np.ndarray, quantile: float = 0.99, band_width: int = 8) -> MapStats:
@@ -75,9 +75,7 @@ class MapStats:
         return cls(location=tuple(locations), scale=tuple(scales), band_width=band_width)
 
     def normalise(self, values: np.ndarray) -> np.ndarray:
-        bands = _cached_bands(values.shape, self.band_width, len(self.location))
-        location = np.asarray(self.location, dtype=np.float32)[bands]
-        scale = np.asarray(self.scale, dtype=np.float32)[bands]
+        location, scale = _band_maps(self, values.shape)
         return (values - location) / scale
 
 
@@ -88,9 +86,11 @@ def band_count(shape: tuple[int, int], band_width: int) -> int:
     return max(1, (min(shape) // 2 - 1) // band_width + 1)
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_bands(shape: tuple[int, int], band_width: int, count: int) -> np.ndarray:
-    return edge_bands(shape, band_width, count)
+@functools.lru_cache(maxsize=16)
+def _band_maps(stats: MapStats, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    # Per-pixel location and scale, built once per map kind and size: normalising is on every frame's path.
+    bands = edge_bands(shape, stats.band_width, len(stats.location))
+    return np.asarray(stats.location, dtype=np.float32)[bands], np.asarray(stats.scale, dtype=np.float32)[bands]
 
 
 def fuse_maps(
