@@ -15,6 +15,12 @@ from pathlib import Path
 from edge_runtime.bundle import BundleError, install_bundle, load_trusted_keys
 from edge_runtime.preprocess import FrameError
 
+# Exit statuses of `run`. systemd's unit lists EXIT_BAD_CONFIG in RestartPreventExitStatus: restarting cannot
+# fix a config, an operator must. A damaged model may be put right (a file restored, a disk remounted), so
+# EXIT_NO_MODEL is retried.
+EXIT_BAD_CONFIG = 2
+EXIT_NO_MODEL = 3
+
 
 def _add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
@@ -154,6 +160,7 @@ def _run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from edge_runtime.service.model_startup import ModelUnavailable
     from edge_runtime.service.publisher import CredentialError
     from edge_runtime.service.service import Service
     from edge_runtime.service.service_config import ConfigError
@@ -163,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(error.explain(), file=sys.stderr)
         print("error: refusing to start with an invalid config", file=sys.stderr)
-        return 2
+        return EXIT_BAD_CONFIG
     logging.basicConfig(
         level=config.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -174,7 +181,10 @@ def _run(args: argparse.Namespace) -> int:
         Service(config).run(stop)
     except CredentialError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_CONFIG
+    except ModelUnavailable as error:
+        print(f"error: {error}; exiting with status {EXIT_NO_MODEL} to be started again", file=sys.stderr)
+        return EXIT_NO_MODEL
     return 0
 
 

@@ -7,21 +7,31 @@ replaced atomically, so a power cut leaves either the old or the new choice, nev
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from edge_runtime.bundle import DEFAULT_MAX_UNPACKED_BYTES, install_bundle, load_installed, sync_directory
+from edge_runtime.bundle import (
+    DEFAULT_MAX_UNPACKED_BYTES,
+    BundleError,
+    install_bundle,
+    load_installed,
+    sync_directory,
+)
 from edge_runtime.manifest import Manifest
 from edge_runtime.service.messages import utc_now
 from edge_runtime.settings import StrictModel
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 STATE_SCHEMA_VERSION = 1
@@ -40,7 +50,8 @@ class UpdateRecord(StrictModel):
     """How the last install or rollback ended; `reason` is a machine-readable code when it did not succeed."""
 
     action: Literal["install", "rollback", "startup"]
-    outcome: Literal["installed", "rolled_back", "refused", "failed"]
+    # repaired: a damaged slot was extracted again from its intact archive
+    outcome: Literal["installed", "rolled_back", "repaired", "refused", "failed"]
     version: str | None = None
     request_id: str | None = None
     reason: str | None = None
@@ -67,6 +78,31 @@ class StateFileError(ValueError):
     """state.json exists but cannot be used; the message names the file and the problem."""
 
 
+@dataclass(frozen=True)
+class UnpackedSlot:
+    """A verified slot of the store; `repaired` says what was wrong with the slot it replaced, if anything."""
+
+    path: Path
+    manifest: Manifest
+    repaired: str | None = None
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` atomically and durably: a power cut leaves the old or the new content, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    sync_directory(path.parent)
+
+
 def slot_name(version: str, sha256: str) -> str:
     """A folder name that says which model it holds; the hash keeps two builds of one version apart."""
     return f"{_UNSAFE_NAME.sub('_', version)[:64]}-{sha256[:12]}"
@@ -89,19 +125,7 @@ class ModelStore:
 
     def write(self, state: ModelState) -> None:
         """Replace state.json atomically and durably."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(state.model_dump(mode="json"), indent=2).encode("utf-8")
-        descriptor, temporary = tempfile.mkstemp(prefix=".state.", suffix=".json", dir=self.root)
-        try:
-            with os.fdopen(descriptor, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, self.state_path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        sync_directory(self.root)
+        write_atomically(self.state_path, json.dumps(state.model_dump(mode="json"), indent=2).encode("utf-8"))
 
     def path_of(self, model: InstalledModel) -> Path:
         slot = Path(model.slot)
@@ -113,20 +137,37 @@ class ModelStore:
         sha256: str,
         trusted_keys: Sequence[Ed25519PublicKey],
         max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
-    ) -> tuple[Path, Manifest]:
-        """Verify and unpack `archive` into a new slot (an existing slot of the same archive is reused)."""
+    ) -> UnpackedSlot:
+        """Verify and unpack `archive` into a new slot. An existing slot of the same archive is reused when it
+        still verifies; a damaged one (a changed, missing or extra byte on disk) is replaced by the fresh copy."""
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=self.root))
         try:
             manifest = install_bundle(archive, trusted_keys, staging / "slot", max_unpacked_bytes)
             slot = self.root / slot_name(manifest.model_version, sha256)
-            if slot.is_dir():
-                return slot, load_installed(slot, trusted_keys)
+            damage = self._damage_of(slot, trusted_keys) if slot.is_dir() else None
+            if slot.is_dir() and damage is None:
+                return UnpackedSlot(slot, manifest)
+            if damage is not None:
+                log.warning("slot %s is damaged (%s); it is replaced by a fresh copy of %s", slot, damage, archive)
+                # Moved into the staging folder, which goes in `finally` (or at the next start after a power cut).
+                os.rename(slot, staging / "damaged")
             os.rename(staging / "slot", slot)
             sync_directory(self.root)
-            return slot, manifest
+            return UnpackedSlot(slot, manifest, damage)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    @staticmethod
+    def _damage_of(slot: Path, trusted_keys: Sequence[Ed25519PublicKey]) -> str | None:
+        """Why an installed slot no longer verifies; None when it is intact."""
+        try:
+            load_installed(slot, trusted_keys)
+        except BundleError as error:
+            return str(error)
+        except OSError as error:
+            return f"slot {slot} cannot be read: {error}"
+        return None
 
     def holds(self, slot: Path) -> bool:
         """Whether `slot` is one of the store's folders (not a slot the config names elsewhere)."""

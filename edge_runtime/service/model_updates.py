@@ -17,7 +17,7 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import Field, ValidationError
 
-from edge_runtime.bundle import BundleError, load_installed, sha256_of_file
+from edge_runtime.bundle import BundleError, load_installed
 from edge_runtime.inspector import Inspector
 from edge_runtime.manifest import Manifest
 from edge_runtime.openvino_networks import RuntimeOptions
@@ -28,11 +28,10 @@ from edge_runtime.service.model_store import (
     InstalledModel,
     ModelState,
     ModelStore,
-    StateFileError,
     UpdateRecord,
     new_model,
 )
-from edge_runtime.service.service_config import BundleConfig, describe_problem
+from edge_runtime.service.service_config import describe_problem
 from edge_runtime.settings import StrictModel
 
 log = logging.getLogger(__name__)
@@ -71,99 +70,6 @@ class UpdateProgress:
     request_id: str | None
     stage: Stage
     since: str
-
-
-@dataclass(frozen=True)
-class StartupModel:
-    inspector: Inspector
-    state: ModelState
-
-
-def configured_identity(bundle: BundleConfig) -> tuple[str, str | None]:
-    """(identity, archive sha256) of the bundle the config names; a changed config bundle is adopted anew."""
-    if bundle.archive is not None:
-        sha256 = sha256_of_file(bundle.archive)
-        return f"archive:{sha256}", sha256
-    assert bundle.slot is not None
-    return f"slot:{bundle.slot.resolve()}", None
-
-
-def open_model(
-    store: ModelStore, model: InstalledModel, keys: Sequence[Ed25519PublicKey], options: RuntimeOptions
-) -> Inspector:
-    """Compile an installed model after re-checking its files (and signature, when keys are configured)."""
-    slot = store.path_of(model)
-    return Inspector(load_installed(slot, keys or None), slot, options)
-
-
-def load_startup_model(
-    bundle: BundleConfig, store: ModelStore, keys: Sequence[Ed25519PublicKey], options: RuntimeOptions
-) -> StartupModel:
-    """The model to run at start: the active one on disk, or its predecessor when it no longer loads, or the
-    configured bundle on first start and whenever the config names a different bundle than last time."""
-    state = _read_state(store)
-    identity, archive_sha = configured_identity(bundle)
-    if state.configured == identity:
-        for model in (state.active, state.previous):
-            if model is None:
-                continue
-            try:
-                inspector = open_model(store, model, keys, options)
-            except (BundleError, OSError, RuntimeError) as error:
-                log.error("installed model %s cannot be loaded: %s", model.version, error)
-                continue
-            if model is not state.active:
-                detail = f"{state.active.version if state.active else 'the active model'} could not be loaded"
-                record = UpdateRecord(
-                    action="startup",
-                    outcome="rolled_back",
-                    version=model.version,
-                    reason="active_unloadable",
-                    detail=detail,
-                    time=utc_now(),
-                )
-                state = ModelState(active=model, previous=None, configured=identity, last_update=record)
-                store.write(state)
-            return StartupModel(inspector, state)
-    return _adopt_configured(bundle, store, keys, options, state, identity, archive_sha)
-
-
-def _read_state(store: ModelStore) -> ModelState:
-    try:
-        return store.read()
-    except StateFileError as error:
-        # Written atomically, so this means a damaged disk or a hand edit: keep it for inspection, start clean.
-        log.error("%s; it is set aside and the configured bundle is used", error)
-        store.state_path.rename(store.state_path.with_suffix(".unusable"))
-        return ModelState()
-
-
-def _adopt_configured(
-    bundle: BundleConfig,
-    store: ModelStore,
-    keys: Sequence[Ed25519PublicKey],
-    options: RuntimeOptions,
-    state: ModelState,
-    identity: str,
-    archive_sha: str | None,
-) -> StartupModel:
-    if bundle.archive is not None:
-        assert archive_sha is not None
-        slot, manifest = store.install(bundle.archive, archive_sha, keys)
-    else:
-        assert bundle.slot is not None
-        slot, manifest = bundle.slot, load_installed(bundle.slot)
-    inspector = Inspector(manifest, slot, options)
-    model = new_model(manifest.model_version, slot, store, archive_sha, "config")
-    same_slot = state.active is not None and store.path_of(state.active).resolve() == slot.resolve()
-    if not same_slot:
-        state = state.switched_to(model)
-    record = UpdateRecord(action="startup", outcome="installed", version=model.version, time=utc_now())
-    state = state.model_copy(update={"configured": identity}).recorded(record)
-    store.write(state)
-    store.prune(state)
-    log.info("running the configured bundle %s from %s", model.version, slot)
-    return StartupModel(inspector, state)
 
 
 class ModelUpdater:
@@ -400,6 +306,7 @@ def _unpack(
     store: ModelStore, archive: Path, sha256: str, keys: Sequence[Ed25519PublicKey], limits: DownloadLimits
 ) -> tuple[Path, Manifest]:
     try:
-        return store.install(archive, sha256, keys, limits.max_unpacked_bytes)
+        unpacked = store.install(archive, sha256, keys, limits.max_unpacked_bytes)
     except BundleError as error:
         raise UpdateRefused(error.reason, error.detail) from error
+    return unpacked.path, unpacked.manifest

@@ -20,8 +20,9 @@ from edge_runtime.service.commands import CommandError, CommandRegistry, part_id
 from edge_runtime.service.download import DownloadLimits
 from edge_runtime.service.frames import CameraEvent, Frame, FrameSource
 from edge_runtime.service.messages import encode_json, heatmap_jpeg, result_payload, utc_now
+from edge_runtime.service.model_startup import load_startup_model
 from edge_runtime.service.model_store import ModelState, ModelStore, StateFileError
-from edge_runtime.service.model_updates import ModelUpdater, load_startup_model
+from edge_runtime.service.model_updates import ModelUpdater
 from edge_runtime.service.mqtt_topics import (
     HEATMAP_QOS,
     MODEL_QOS,
@@ -155,6 +156,8 @@ class Service:
         if self.inspector is None:
             startup = load_startup_model(self.config.bundle, self.store, keys, options)
             self.inspector, state = startup.inspector, startup.state
+            if startup.problem is not None:  # on the status topic too, not only in `model.last_update`
+                self.last_error = startup.problem
         else:  # an inspector handed in (tests, tools): the store only records what updates do
             try:
                 state = self.store.read()

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import yaml
 
 from edge_runtime.bundle import load_trusted_keys
 from edge_runtime.openvino_networks import RuntimeOptions
-from edge_runtime.service.model_store import InstalledModel, ModelState, ModelStore, StateFileError, UpdateRecord
-from edge_runtime.service.model_updates import load_startup_model
+from edge_runtime.service.model_startup import load_startup_model
+from edge_runtime.service.model_store import (
+    InstalledModel,
+    ModelState,
+    ModelStore,
+    StateFileError,
+    UpdateRecord,
+    new_model,
+)
 from edge_runtime.service.service_config import BundleConfig
 
 OPTIONS = RuntimeOptions(threads=1)
@@ -60,12 +73,84 @@ def test_startup_adopts_the_configured_archive_once_and_then_keeps_the_store_cho
     changed = load_startup_model(v2, store, keys_loaded, OPTIONS)
     assert (changed.state.active.version, changed.state.previous.version) == ("2.0.0", "1.0.0")
 
-    # The active slot is damaged on disk: the start falls back to the previous model and says why.
+    # The active slot is damaged on disk, and the configured archive is its own: it is extracted again.
     next((changed.inspector.slot / "models").glob("*.bin")).write_bytes(b"damaged")
-    fallback = load_startup_model(v2, store, keys_loaded, OPTIONS)
+    repaired = load_startup_model(v2, store, keys_loaded, OPTIONS)
+    assert repaired.inspector.model_version == "2.0.0" and repaired.state.last_update.reason == "slot_damaged"
+    assert (store.read().active.version, store.read().previous.version) == ("2.0.0", "1.0.0")
+
+
+def test_a_damaged_slot_without_its_archive_falls_back_to_the_previous_model(bundle, keys, slot, repack, tmp_path):
+    keys_loaded = load_trusted_keys([keys[1]])
+    store = ModelStore(tmp_path / "models")
+    configured = BundleConfig(archive=bundle[0], trusted_keys=[keys[1]])
+    first = load_startup_model(configured, store, keys_loaded, OPTIONS)
+    # 2.0.0 arrives as a remote update: its archive is not kept on the device.
+    update = repack(slot, tmp_path / "v2.tar", keys[0], "2.0.0")
+    unpacked = store.install(update, "ab" * 32, keys_loaded)
+    installed = new_model("2.0.0", unpacked.path, store, "ab" * 32, "https://models.example/v2.tar")
+    store.write(first.state.switched_to(installed))
+
+    with (unpacked.path / "models" / "encoder.bin").open("ab") as out:
+        out.write(b"\0")
+    fallback = load_startup_model(configured, store, keys_loaded, OPTIONS)
     assert fallback.inspector.model_version == "1.0.0"
-    assert fallback.state.last_update.reason == "active_unloadable"
+    assert fallback.state.last_update.reason == "active_unloadable" and "2.0.0" in fallback.problem
     assert store.read().active.version == "1.0.0"
+
+
+def test_one_byte_appended_in_the_slot_of_a_never_updated_device_is_repaired_from_its_archive(bundle, keys, tmp_path):
+    keys_loaded = load_trusted_keys([keys[1]])
+    store = ModelStore(tmp_path / "models")
+    configured = BundleConfig(archive=bundle[0], trusted_keys=[keys[1]])
+    first = load_startup_model(configured, store, keys_loaded, OPTIONS)
+    encoder = first.inspector.slot / "models" / "encoder.bin"
+    intact = encoder.read_bytes()
+    with encoder.open("ab") as out:
+        out.write(b"\0")
+
+    again = load_startup_model(configured, store, keys_loaded, OPTIONS)
+    assert again.inspector.model_version == "1.0.0" and again.inspector.slot == first.inspector.slot
+    assert encoder.read_bytes() == intact, "the slot holds the archive's bytes again"
+    record = store.read().last_update
+    assert (record.action, record.outcome, record.reason) == ("startup", "repaired", "slot_damaged")
+    assert "models/encoder.bin" in record.detail and "hash_mismatch" in record.detail
+    assert again.problem.startswith("slot_damaged")
+    leftovers = [p.name for p in store.root.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], "the damaged copy is not left behind"
+    assert load_startup_model(configured, store, keys_loaded, OPTIONS).problem is None, "a later start is quiet"
+
+
+def restart_prevented_statuses() -> list[str]:
+    """The exit statuses the shipped unit does not restart after."""
+    unit = Path(__file__).resolve().parents[3] / "systemd" / "d3ad-inspector.service"
+    lines = [line for line in unit.read_text().splitlines() if line.startswith("RestartPreventExitStatus=")]
+    return " ".join(line.partition("=")[2] for line in lines).split()
+
+
+def run_device(config: dict, tmp_path) -> subprocess.CompletedProcess:
+    """`python -m edge_runtime run` as systemd starts it."""
+    path = tmp_path / "inspector.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "edge_runtime", "run", "--config", str(path)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_a_device_with_no_loadable_model_exits_with_a_status_systemd_retries(slot, make_config, tmp_path):
+    damaged = tmp_path / "damaged-slot"
+    shutil.copytree(slot, damaged)
+    with (damaged / "models" / "encoder.bin").open("ab") as out:
+        out.write(b"\0")
+    config = make_config(1, bundle={"slot": str(damaged)})
+
+    finished = run_device(config, tmp_path)
+    prevented = restart_prevented_statuses()
+    assert finished.returncode not in (0, 1), finished.stderr
+    assert str(finished.returncode) not in prevented, "systemd must try this start again"
+    assert "encoder.bin" in finished.stderr and "hash_mismatch" in finished.stderr
+
+    config["mode"] = {"kind": "never"}  # a bad config still stops the device until an operator fixes it
+    assert run_device(config, tmp_path).returncode == 2 and "2" in prevented
 
 
 def test_startup_sets_a_damaged_state_file_aside(bundle, keys, tmp_path):
