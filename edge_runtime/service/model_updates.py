@@ -118,8 +118,24 @@ class ModelUpdater:
         if previous is None:
             raise CommandError("there is no previous model to roll back to")
         self._preempt_download()
-        self._start(lambda: self._rollback(request, previous), "rollback", previous.version, request.request_id)
+        self._start(
+            lambda: self._rollback(previous, request.request_id), "rollback", previous.version, request.request_id
+        )
         return {"request_id": request.request_id, "version": previous.version, "accepted": True}
+
+    def fall_back(self, cause: UpdateRefused) -> bool:
+        """Roll back on the device's own initiative (a new model that keeps failing), through the same job as
+        `cmd/rollback`; `cause` is recorded in `model.last_update`. False when it cannot start now."""
+        previous = self.state.previous
+        if previous is None:
+            return False
+        self._preempt_download()
+        try:
+            self._start(lambda: self._rollback(previous, None, cause), "rollback", previous.version, None)
+        except CommandError as busy:
+            log.warning("cannot roll back to %s now: %s", previous.version, busy)
+            return False
+        return True
 
     def _preempt_download(self, wait_s: float = 5.0) -> None:
         """A rollback is the emergency exit: it cancels an install that is still downloading."""
@@ -168,13 +184,15 @@ class ModelUpdater:
                 self._announce()
             self._busy.release()
 
-    def _conclude(self, state: ModelState, reply: dict[str, Any]) -> None:
-        """Record the outcome on disk, publish the model state, then answer: the state is current by then."""
+    def _conclude(self, state: ModelState, reply: dict[str, Any] | None) -> None:
+        """Record the outcome on disk, publish the model state, then answer: the state is current by then.
+        A job the device started itself answers no command (reply None); `model` reports it."""
         self.store.write(state)
         self.state = state
         self.progress = None
         self._announce()
-        self._reply(reply)
+        if reply is not None:
+            self._reply(reply)
 
     def _stage(self, stage: Stage) -> None:
         assert self.progress is not None
@@ -213,7 +231,8 @@ class ModelUpdater:
         finally:
             download.unlink(missing_ok=True)
 
-    def _rollback(self, request: RollbackRequest, previous: InstalledModel) -> None:
+    def _rollback(self, previous: InstalledModel, request_id: str | None, cause: UpdateRefused | None = None) -> None:
+        """Back to the kept previous model; `cause` is set when the device decided it (no command to answer)."""
         try:
             self._stage("verifying")
             slot = self.store.path_of(previous)
@@ -225,13 +244,13 @@ class ModelUpdater:
                 raise UpdateRefused("missing_file", f"slot {slot} cannot be read: {error}") from error
             inspector = self._checked_inspector(manifest, slot)
             state = self.state.model_copy(update={"active": previous, "previous": self.state.active})
-            self._switch(state, inspector, "rollback", "rolled_back", request.request_id)
+            self._switch(state, inspector, "rollback", "rolled_back", request_id, cause)
         except UpdateRefused as refusal:
-            self._refuse("rollback", previous.version, request.request_id, refusal)
+            self._refuse("rollback", previous.version, request_id, refusal, answer=cause is None)
         except Exception as error:
             log.exception("rollback to %s failed", previous.version)
             refusal = UpdateRefused("internal_error", str(error))
-            self._refuse("rollback", previous.version, request.request_id, refusal)
+            self._refuse("rollback", previous.version, request_id, refusal, answer=cause is None)
 
     def _checked_inspector(self, manifest: Manifest, slot: Path) -> Inspector:
         """Compile the verified slot and score its reference images; a model that fails here never runs."""
@@ -251,23 +270,43 @@ class ModelUpdater:
         return inspector
 
     def _switch(
-        self, state: ModelState, inspector: Inspector, action: Action, outcome: Outcome, request_id: str | None
+        self,
+        state: ModelState,
+        inspector: Inspector,
+        action: Action,
+        outcome: Outcome,
+        request_id: str | None,
+        cause: UpdateRefused | None = None,
     ) -> None:
         """Record the choice on disk first, so a restart comes back to the model that is about to run."""
         self._stage("switching")
         assert state.active is not None
         version = state.active.version
-        record = UpdateRecord(action=action, outcome=outcome, version=version, request_id=request_id, time=utc_now())
+        record = UpdateRecord(
+            action=action,
+            outcome=outcome,
+            version=version,
+            request_id=request_id,
+            reason=cause.reason if cause else None,
+            detail=cause.detail if cause else None,
+            time=utc_now(),
+        )
         state = state.recorded(record)
         self.store.write(state)
         self._adopt(inspector)
         self.store.prune(state)
         log.info("model %s %s; previous: %s", version, outcome, state.previous and state.previous.version)
-        self._conclude(
-            state, {"command": action, "ok": True, "request_id": request_id, "version": version, "outcome": outcome}
-        )
+        reply = {"command": action, "ok": True, "request_id": request_id, "version": version, "outcome": outcome}
+        self._conclude(state, reply if cause is None else None)
 
-    def _refuse(self, action: Action, version: str | None, request_id: str | None, refusal: UpdateRefused) -> None:
+    def _refuse(
+        self,
+        action: Action,
+        version: str | None,
+        request_id: str | None,
+        refusal: UpdateRefused,
+        answer: bool = True,
+    ) -> None:
         log.error("model %s of %s refused: %s: %s", action, version, refusal.reason, refusal.detail)
         record = UpdateRecord(
             action=action,
@@ -279,7 +318,8 @@ class ModelUpdater:
             time=utc_now(),
         )
         reply = {"command": action, "ok": False, "request_id": request_id, "version": version}
-        self._conclude(self.state.recorded(record), reply | {"reason": refusal.reason, "error": refusal.detail})
+        answered = reply | {"reason": refusal.reason, "error": refusal.detail} if answer else None
+        self._conclude(self.state.recorded(record), answered)
 
     def _discard(self, slot: Path) -> None:
         """Remove a slot that will not run, unless it is one the device already keeps."""

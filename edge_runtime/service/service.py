@@ -20,9 +20,10 @@ from edge_runtime.service.commands import CommandError, CommandRegistry, part_id
 from edge_runtime.service.download import DownloadLimits
 from edge_runtime.service.frames import CameraEvent, Frame, FrameSource
 from edge_runtime.service.messages import encode_json, heatmap_jpeg, result_payload, utc_now
+from edge_runtime.service.model_guard import ModelGuard
 from edge_runtime.service.model_startup import load_startup_model
 from edge_runtime.service.model_store import ModelState, ModelStore, StateFileError
-from edge_runtime.service.model_updates import ModelUpdater
+from edge_runtime.service.model_updates import ModelUpdater, UpdateRefused
 from edge_runtime.service.mqtt_topics import (
     HEATMAP_QOS,
     MODEL_QOS,
@@ -97,6 +98,7 @@ class Service:
         self.inspector = inspector
         self.store = ModelStore(config.state_dir / MODELS_FOLDER)
         self.updater: ModelUpdater | None = None
+        self.guard = ModelGuard(config.updates.fallback, self.store)  # rolls back a new model that keeps failing
         self._incoming_inspector: Inspector | None = None  # handed over by an update, adopted between frames
         self.outbox: Outbox | None = None
         self.publisher: Publisher | None = None
@@ -193,6 +195,7 @@ class Service:
             return
         old = self.inspector
         self.inspector = incoming
+        self.guard.model_changed()
         log.info("now inspecting with model %s (was %s)", incoming.model_version, old and old.model_version)
         self.publish_status()
         self.publish_model_state()
@@ -310,6 +313,7 @@ class Service:
             log.exception("inspecting frame %d failed", frame.number)
             self.stats.errors += 1
             self._set_error(f"inspection of frame {frame.number} failed: {error}")
+            self._count_model_failure(inspector, error)
             return
         latency_ms = (time.monotonic() - frame.received) * 1000.0
         threshold = inspector.calibration.image_threshold
@@ -327,6 +331,21 @@ class Service:
         part = InspectedPart(part_id, frame, result, latency_ms, payload, inspector)
         self._publish_heatmap(part)
         self._notify(self.result_listeners, part)
+
+    def _count_model_failure(self, inspector: Inspector, error: Exception) -> None:
+        """A new model that fails too often on real frames goes back to the one it replaced (config
+        updates.fallback); frames that cannot be inspected at all (FrameError) say nothing about the model."""
+        updater = self.updater
+        if updater is None or not self.config.updates.enabled:
+            return
+        count = self.guard.failed(inspector.slot, updater.state)
+        if count is None:
+            return
+        window = self.config.updates.fallback.window_s
+        previous = updater.state.previous.version if updater.state.previous else None
+        detail = f"model {inspector.model_version} failed {count} inspections within {window:g} s; last: {error}"
+        if updater.fall_back(UpdateRefused("inspection_failures", detail)):
+            self._set_error(f"{detail}; rolling back to {previous}")
 
     @staticmethod
     def _notify(listeners: list[Callable[..., None]], *args: Any) -> None:

@@ -155,6 +155,17 @@ class OpenVinoConfig(StrictModel):
     performance_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
 
 
+class FallbackConfig(StrictModel):
+    """A newly installed model whose inspections keep failing on real frames is rolled back to the previous one."""
+
+    enabled: bool = True
+    max_failures: int = Field(5, ge=1, le=100_000, description="failed inspections within window_s that roll back")
+    window_s: float = Field(60.0, gt=0.0, description="seconds over which failed inspections are counted")
+    probation_s: float = Field(
+        24 * 3600.0, gt=0.0, description="how long after its install a model is watched (device clock)"
+    )
+
+
 class UpdatesConfig(StrictModel):
     """Remote model updates (`cmd/install`, `cmd/rollback`); bundles are verified with bundle.trusted_keys."""
 
@@ -171,6 +182,7 @@ class UpdatesConfig(StrictModel):
     keep_free_bytes: int = Field(
         256 * 1024**2, ge=0, description="free space an update must leave on the state disk (for the outbox)"
     )
+    fallback: FallbackConfig = FallbackConfig()
 
 
 class OperatorViewConfig(StrictModel):

@@ -64,6 +64,33 @@ def update_bundles(slot, keys, repack, tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="session")
+def fails_on_real_frames(slot, keys, repack, tmp_path_factory) -> Path:
+    """Version 2.0.0 whose noise schedule is shorter than the noise levels its inspection settings pick for frames
+    far from the good parts: its networks compile and its good reference images score as it states (measured
+    here, as the host would), but every frame of the camera's test pattern makes the pipeline raise."""
+    from edge_runtime.inspector import Inspector
+    from edge_runtime.openvino_networks import RuntimeOptions
+    from edge_runtime.preprocess import read_image_file
+
+    options = RuntimeOptions(threads=1)
+    original = Inspector.from_slot(slot, options)
+    manifest = original.manifest
+    timestep = {r.file: original.inspect(read_image_file(slot / r.file)).timestep for r in manifest.references}
+    highest = manifest.inspection.t_max  # where the most unusual frames (severity bin 10) land
+    kept = [r for r in manifest.references if timestep[r.file] < highest]
+    assert kept, f"every reference image is judged at the highest noise level: {timestep}"
+    schedule = manifest.schedule.model_copy(update={"num_timesteps": max(timestep[r.file] for r in kept) + 1})
+    short = Inspector(manifest.model_copy(update={"schedule": schedule, "references": kept}), slot, options)
+    scores = {r.file: short.inspect(read_image_file(slot / r.file)).score for r in kept}
+
+    def shorten(fields: dict) -> None:
+        fields["schedule"]["num_timesteps"] = schedule.num_timesteps
+        fields["references"] = [r.model_dump() | {"expected_score": scores[r.file]} for r in kept]
+
+    return repack(slot, tmp_path_factory.mktemp("failing") / "v2.tar", keys[0], "2.0.0", shorten)
+
+
 @pytest.fixture
 def start_service():
     """A Service that loads its model itself (from the config and its model store), in a thread."""
@@ -247,3 +274,39 @@ def test_updates_can_be_turned_off(broker, listen, archive_config, start_service
     send(listener, "install", {"url": "http://x/b.tar", "version": "2.0.0", "sha256": "ab" * 32})
     listener.wait_for(lambda: listener.payloads("/reply"), 15, "a reply")
     assert "turned off" in listener.payloads("/reply")[0]["error"]
+
+
+def test_a_new_model_that_fails_on_real_frames_is_rolled_back_to_the_previous_one(
+    broker, listen, archive_config, start_service, bundle_server, fails_on_real_frames
+):
+    from edge_runtime.service.model_guard import on_probation
+
+    listener = listen(broker.port, "test")
+    service = start_service(archive_config(broker.port))  # updates.fallback left at its defaults
+    listener.wait_for(lambda: len(results_of(listener, "1.0.0")) >= 2, 30, "results of model 1.0.0")
+
+    shutil.copy(fails_on_real_frames, bundle_server.folder / "v2.tar")
+    request = {"url": bundle_server.url("v2.tar"), "version": "2.0.0", "sha256": sha256(fails_on_real_frames)}
+    send(listener, "install", request | {"request_id": "new-1"})
+    assert final_reply(listener, "new-1")["outcome"] == "installed", "it passes its reference checks"
+
+    def fallbacks() -> list[dict]:
+        states = listener.payloads("/model")
+        return [m for m in states if (m["last_update"] or {}).get("reason") == "inspection_failures"]
+
+    listener.wait_for(fallbacks, 60, "the automatic rollback")
+    state = fallbacks()[-1]
+    assert (state["active"], state["previous"], state["update_in_progress"]) == ("1.0.0", "2.0.0", None)
+    record = state["last_update"]
+    assert (record["action"], record["outcome"], record["version"]) == ("rollback", "rolled_back", "1.0.0")
+    assert "model 2.0.0 failed 5 inspections within 60 s" in record["detail"] and "timestep" in record["detail"]
+    errors = [s["last_error"] or "" for s in listener.payloads("/status")]
+    assert any("rolling back to 1.0.0" in error for error in errors), errors
+
+    answered = len(results_of(listener, "1.0.0"))
+    listener.wait_for(lambda: len(results_of(listener, "1.0.0")) > answered + 2, 30, "results of 1.0.0 again")
+    assert not [r for r in listener.payloads("/reply") if r.get("command") == "rollback"], "no command to answer"
+    assert service.inspector.model_version == "1.0.0"
+    assert not on_probation(service.updater.state, 86400), "the model rolled back to is not watched: no swinging"
+    on_disk = json.loads((service.store.state_path).read_text())
+    assert on_disk["last_update"]["reason"] == "inspection_failures"

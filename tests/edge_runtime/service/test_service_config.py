@@ -93,3 +93,15 @@ def test_a_valid_config_gets_a_short_summary(tmp_path, capsys):
     assert main(["validate-config", str(write(tmp_path / "ok.yaml", raw))]) == 0
     out = capsys.readouterr().out
     assert "valid" in out and "triggered" in out and "d3ad/cam-7/" in out
+
+
+def test_the_fallback_of_a_failing_new_model_has_defaults_and_strict_keys(tmp_path):
+    fallback = parse_config({"bundle": {"slot": str(tmp_path)}}, "minimal").updates.fallback
+    assert (fallback.enabled, fallback.max_failures, fallback.window_s) == (True, 5, 60.0)
+    assert fallback.probation_s == 86400.0
+    raw = {"bundle": {"slot": str(tmp_path)}, "updates": {"fallback": {"max_fails": 3, "window_s": 0}}}
+    with pytest.raises(ConfigError) as refused:
+        parse_config(raw, "site.yaml")
+    problems = " | ".join(refused.value.problems)
+    assert "updates.fallback.max_fails: Extra inputs are not permitted" in problems
+    assert "updates.fallback.window_s: Input should be greater than 0" in problems
