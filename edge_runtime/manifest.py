@@ -23,10 +23,16 @@ from edge_runtime.preprocess import ColorMode
 from edge_runtime.schedule import DiffusionSchedule
 from edge_runtime.settings import InspectionSettings, StrictModel
 from edge_runtime.severity import SeverityBins
+from edge_runtime.versions import version_problem
 
 # 2: map statistics per band of distance to the image edge. Version 1 bundles (one number each) still load.
-SCHEMA_VERSION = 2
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
+# 3: model_version must be an orderable (semantic) version, and `target` may bind the bundle to a product and
+#    device class. A new number, because a device that knows only 1 and 2 would refuse the new field with a
+#    misleading "malformed manifest"; it now says "unknown schema". Version 1 and 2 bundles still load: their
+#    model_version stays free text and they carry no target, so only devices not bound to a product take them.
+SCHEMA_VERSION = 3
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3})
+FIRST_BOUND_SCHEMA = 3
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
@@ -67,6 +73,7 @@ def _relative_path(value: str) -> str:
 RelativePath = Annotated[str, AfterValidator(_relative_path)]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 NetworkName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$")]
+TargetName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
 
 class _Spec(StrictModel):
@@ -206,6 +213,13 @@ class CalibrationSpec(_Spec):
         )
 
 
+class TargetSpec(_Spec):
+    """What the bundle was made for (schema 3); a device configured for another product or class refuses it."""
+
+    product: TargetName
+    device_class: TargetName
+
+
 class Manifest(_Spec):
     """Everything a device needs to know about a bundle; `files` is empty only while the host drafts it."""
 
@@ -220,6 +234,7 @@ class Manifest(_Spec):
     networks: dict[NetworkName, NetworkSpec] = Field(min_length=1)
     memory: MemorySpec
     references: list[ReferenceImage]
+    target: TargetSpec | None = Field(None, description="product and device class (schema 3); null = unbound")
     files: dict[RelativePath, Sha256Hex] = Field(
         default_factory=dict, description="bundle path -> lowercase hex sha256, for every file but manifest.*"
     )
@@ -260,6 +275,16 @@ class Manifest(_Spec):
                 if parent in value:
                     raise ValueError(f"{parent!r} is listed as a file but is also the folder of {path!r}")
         return value
+
+    @model_validator(mode="after")
+    def _versioned(self) -> Manifest:
+        if self.schema_version >= FIRST_BOUND_SCHEMA:
+            problem = version_problem(self.model_version)
+            if problem is not None:
+                raise ValueError(f"model_version: {problem} (schema {self.schema_version})")
+        elif self.target is not None:
+            raise ValueError(f"target needs schema_version {FIRST_BOUND_SCHEMA}, not {self.schema_version}")
+        return self
 
     @model_validator(mode="after")
     def _coherent(self) -> Manifest:

@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     bundle.add_argument("--run", type=Path, required=True)
     bundle.add_argument("--out", type=Path, required=True, help="bundle file to write (.tar)")
     bundle.add_argument("--sign-key", type=Path, required=True, help="private key from `keygen`")
-    bundle.add_argument("--model-version", required=True)
+    bundle.add_argument("--model-version", required=True, help="a semantic version, e.g. 1.4.0; devices refuse older")
+    bundle.add_argument("--product", default=None, help="the product the bundle is for (with --device-class)")
+    bundle.add_argument("--device-class", default=None, help="the device class it is for (with --product)")
     bundle.add_argument("--precision", choices=["auto", "int8", "fp16", "fp32"], default="auto")
     gate = "precision gate of --precision auto: largest drop against FP32 kept for"
     bundle.add_argument("--max-auroc-drop", type=_allowance, default=0.01, help=f"{gate} image AUROC")
@@ -145,10 +147,13 @@ def main(argv: list[str] | None = None) -> int:
                 max_aupro_drop=args.max_aupro_drop,
                 gate_images_per_type=args.gate_images_per_type,
                 gate_good_images=args.gate_good_images,
+                product=args.product,
+                device_class=args.device_class,
             )
             manifest = build_bundle(args.run, args.out, args.sign_key, options)
             precisions = ", ".join(f"{n}={s.precision}" for n, s in manifest.networks.items())
-            print(f"bundle: {args.out} (model {manifest.model_version}; {precisions})")
+            target = f"for {manifest.target.product}/{manifest.target.device_class}" if manifest.target else "unbound"
+            print(f"bundle: {args.out} (model {manifest.model_version}, {target}; {precisions})")
     except (ConfigError, BundleError, PushError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

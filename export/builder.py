@@ -24,10 +24,12 @@ from edge_runtime.manifest import (
     NetworkSpec,
     ReferenceImage,
     ScheduleSpec,
+    TargetSpec,
 )
 from edge_runtime.openvino_networks import NETWORK_NAMES
 from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.preprocess import preprocess, to_uint8_image
+from edge_runtime.versions import version_problem
 from export.convert import (
     DecoderGraph,
     DenoiserGraph,
@@ -69,11 +71,25 @@ class ExportOptions:
     gate_images_per_type: int = 10
     gate_good_images: int | None = 64
     reference_images: int = 3
+    product: str | None = None  # with device_class: the devices (bundle.product, bundle.device_class) it is for
+    device_class: str | None = None
 
     def __post_init__(self) -> None:
-        self.allowances()  # a bad allowance fails before any network is exported
+        # Every mistake here fails before any network is exported, not after minutes of export.
+        self.allowances()
         if self.gate_good_images is not None and self.gate_good_images < 1:
             raise ValueError(f"gate_good_images must be at least 1, got {self.gate_good_images}")
+        problem = version_problem(self.model_version)
+        if problem is not None:
+            raise ValueError(f"model version {problem}")
+        if (self.product is None) != (self.device_class is None):
+            raise ValueError("product and device class go together: give both or neither")
+        self.target()
+
+    def target(self) -> TargetSpec | None:
+        if self.product is None or self.device_class is None:
+            return None
+        return TargetSpec(product=self.product, device_class=self.device_class)
 
     def allowances(self) -> Allowances:
         return Allowances(self.max_auroc_drop, self.max_pixel_auroc_drop, self.max_aupro_drop)
@@ -203,6 +219,7 @@ def build_bundle(run_dir: Path, out: Path, sign_key: Path, options: ExportOption
             networks=networks,
             memory=MemorySpec(folder="memory"),
             references=references,
+            target=options.target(),
         )
         final = write_bundle(staging, manifest, out, private_key)
     report = {"precisions": chosen, "auroc_drops": drops, **log.to_dict()}

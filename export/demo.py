@@ -203,8 +203,8 @@ def export_bundle(run_dir: Path, folder: Path, keys: tuple[Path, Path], options:
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    version = f"demo-{datetime.now():%Y%m%d-%H%M%S}"
-    archive = folder / f"{version}.tar"
+    version = f"{datetime.now():%Y.%m.%d.%H%M%S}"  # orderable (devices refuse older bundles), newest last
+    archive = folder / f"demo-{version}.tar"
     export_options = ExportOptions(
         model_version=version,
         precision=options.precision,

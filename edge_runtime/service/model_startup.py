@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_runtime.bundle import BundleError, load_installed, sha256_of_file
 from edge_runtime.inspector import Inspector
+from edge_runtime.manifest import Manifest
 from edge_runtime.openvino_networks import RuntimeOptions
 from edge_runtime.service.messages import utc_now
+from edge_runtime.service.model_policy import BundleNotAccepted, BundlePolicy
 from edge_runtime.service.model_store import (
     InstalledModel,
     ModelState,
@@ -64,15 +67,24 @@ def open_model(
 
 
 def load_startup_model(
-    bundle: BundleConfig, store: ModelStore, keys: Sequence[Ed25519PublicKey], options: RuntimeOptions
+    bundle: BundleConfig,
+    store: ModelStore,
+    keys: Sequence[Ed25519PublicKey],
+    options: RuntimeOptions,
+    policy: BundlePolicy | None = None,
 ) -> StartupModel:
     """The active model on disk; when it no longer loads, the same model extracted again from the configured
     archive if that is its archive, else its predecessor; the configured bundle on first start and whenever
-    the config names a different bundle than last time (and when nothing else loads)."""
+    the config names a different bundle than last time (and when nothing else loads). A newly configured
+    bundle must be made for this device (`policy`'s product binding); it may be older than the minimum version,
+    which guards cmd/install: the config is the site's own choice, and a start after state.json was set aside
+    must not refuse the archive the device has always run."""
     state = _read_state(store)
+    if policy is not None:
+        policy.start(state)
     identity, archive_sha = configured_identity(bundle)
     if state.configured != identity:
-        return _adopt_configured(bundle, store, keys, options, state, identity, archive_sha)
+        return _adopt_configured(bundle, store, keys, options, state, identity, archive_sha, policy)
     for model in (state.active, state.previous):
         if model is None:
             continue
@@ -141,13 +153,18 @@ def _adopt_configured(
     state: ModelState,
     identity: str,
     archive_sha: str | None,
+    policy: BundlePolicy | None = None,
 ) -> StartupModel:
     unpacked = _configured_slot(bundle, store, keys, archive_sha)
     slot, manifest = unpacked.path, unpacked.manifest
+    if policy is not None:
+        _check_configured(policy, manifest, bundle, store, state, slot)
     try:
         inspector = Inspector(manifest, slot, options)
     except (RuntimeError, OSError) as error:
         raise ModelUnavailable(f"the configured bundle {manifest.model_version} cannot be compiled: {error}") from error
+    if policy is not None:
+        policy.accepted(manifest, f"configured bundle {bundle.archive or bundle.slot}")
     model = new_model(manifest.model_version, slot, store, archive_sha, "config")
     same_slot = state.active is not None and store.path_of(state.active).resolve() == slot.resolve()
     if not same_slot:
@@ -159,6 +176,21 @@ def _adopt_configured(
     log.info("running the configured bundle %s from %s", model.version, slot)
     problem = f"slot_damaged: {unpacked.repaired}; extracted again from its archive" if unpacked.repaired else None
     return StartupModel(inspector, state, problem)
+
+
+def _check_configured(
+    policy: BundlePolicy, manifest: Manifest, bundle: BundleConfig, store: ModelStore, state: ModelState, slot: Path
+) -> None:
+    """A configured bundle made for another device is a configuration problem (exit status 2); its fresh slot
+    goes, the kept ones stay."""
+    try:
+        policy.check_target(manifest)
+    except BundleNotAccepted as refusal:
+        kept = [store.path_of(m).resolve() for m in (state.active, state.previous) if m is not None]
+        if slot.resolve() not in kept:
+            store.remove(slot)
+        key = "bundle.archive" if bundle.archive is not None else "bundle.slot"
+        raise BundleNotAccepted(refusal.reason, f"{key} {bundle.archive or bundle.slot}: {refusal.detail}") from None
 
 
 def _adoption_record(version: str, repaired: str | None) -> UpdateRecord:

@@ -192,7 +192,7 @@ class ModelStore:
         partial downloads, unpacking folders and unfinished state files. Returns the names removed."""
         if not self.root.is_dir():
             return []
-        leftovers = list(self.root.glob(".unpacking-*")) + list(self.root.glob(".state.*.json"))
+        leftovers = list(self.root.glob(".unpacking-*")) + list(self.root.glob(".*.json"))  # unfinished atomic writes
         if self.downloads.is_dir():
             leftovers += list(self.downloads.iterdir())
         for entry in leftovers:

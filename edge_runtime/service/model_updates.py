@@ -24,6 +24,7 @@ from edge_runtime.openvino_networks import RuntimeOptions
 from edge_runtime.service.commands import CommandError
 from edge_runtime.service.download import DownloadError, DownloadLimits, fetch
 from edge_runtime.service.messages import utc_now
+from edge_runtime.service.model_policy import BundleNotAccepted, BundlePolicy
 from edge_runtime.service.model_store import (
     InstalledModel,
     ModelState,
@@ -86,8 +87,10 @@ class ModelUpdater:
         adopt: Callable[[Inspector], None],
         announce: Callable[[], None],
         reply: Callable[[dict[str, Any]], None],
+        policy: BundlePolicy | None = None,
     ) -> None:
         self.store = store
+        self.policy = policy  # product binding and minimum version; None: any verified bundle
         self.state = state
         self.trusted_keys = list(trusted_keys)
         self.options = options
@@ -162,6 +165,7 @@ class ModelUpdater:
             "active_model": state.active.model_dump() if state.active else None,
             "update_in_progress": progress.__dict__ if progress else None,
             "last_update": state.last_update.model_dump() if state.last_update else None,
+            "minimum_version": self.policy.minimum_text() if self.policy else None,
             "time": utc_now(),
         }
 
@@ -205,6 +209,7 @@ class ModelUpdater:
     def _install(self, request: InstallRequest) -> None:
         download = self.store.downloads / f"{request.sha256}.tar"
         try:
+            self._allowed(lambda policy: policy.check_version(request.version))  # before a byte is fetched
             self._stage("downloading")
             self.store.downloads.mkdir(parents=True, exist_ok=True)
             archive = _fetch(request, download, self.limits)
@@ -217,10 +222,12 @@ class ModelUpdater:
                         f"the bundle holds model_version {manifest.model_version!r}, the request says "
                         f"{request.version!r}",
                     )
+                self._allowed(lambda policy: policy.check(manifest))
                 inspector = self._checked_inspector(manifest, slot)
             except UpdateRefused:
                 self._discard(slot)
                 raise
+            self._allowed(lambda policy: policy.accepted(manifest, f"install of {manifest.model_version}"))
             model = new_model(manifest.model_version, slot, self.store, request.sha256, request.url)
             self._switch(self.state.switched_to(model), inspector, "install", "installed", request.request_id)
         except UpdateRefused as refusal:
@@ -251,6 +258,15 @@ class ModelUpdater:
             log.exception("rollback to %s failed", previous.version)
             refusal = UpdateRefused("internal_error", str(error))
             self._refuse("rollback", previous.version, request_id, refusal, answer=cause is None)
+
+    def _allowed(self, step: Callable[[BundlePolicy], None]) -> None:
+        """Run a policy step; a bundle the device must not run becomes a refusal with the policy's reason."""
+        if self.policy is None:
+            return
+        try:
+            step(self.policy)
+        except BundleNotAccepted as refusal:
+            raise UpdateRefused(refusal.reason, refusal.detail) from refusal
 
     def _checked_inspector(self, manifest: Manifest, slot: Path) -> Inspector:
         """Compile the verified slot and score its reference images; a model that fails here never runs."""

@@ -21,6 +21,7 @@ from edge_runtime.service.download import DownloadLimits
 from edge_runtime.service.frames import CameraEvent, Frame, FrameSource
 from edge_runtime.service.messages import encode_json, heatmap_jpeg, result_payload, utc_now
 from edge_runtime.service.model_guard import ModelGuard
+from edge_runtime.service.model_policy import BundlePolicy
 from edge_runtime.service.model_startup import load_startup_model
 from edge_runtime.service.model_store import ModelState, ModelStore, StateFileError
 from edge_runtime.service.model_updates import ModelUpdater, UpdateRefused
@@ -155,8 +156,9 @@ class Service:
         if removed:
             log.warning("removed leftovers of an interrupted update: %s", ", ".join(sorted(removed)))
         options = runtime_options(self.config)
+        policy = BundlePolicy(self.config.bundle, self.store.root)
         if self.inspector is None:
-            startup = load_startup_model(self.config.bundle, self.store, keys, options)
+            startup = load_startup_model(self.config.bundle, self.store, keys, options, policy)
             self.inspector, state = startup.inspector, startup.state
             if startup.problem is not None:  # on the status topic too, not only in `model.last_update`
                 self.last_error = startup.problem
@@ -165,6 +167,7 @@ class Service:
                 state = self.store.read()
             except StateFileError:
                 state = ModelState()
+            policy.start(state)
         updates = self.config.updates
         limits = DownloadLimits(
             updates.max_bundle_bytes,
@@ -177,7 +180,15 @@ class Service:
             updates.keep_free_bytes,
         )
         self.updater = ModelUpdater(
-            self.store, state, keys, options, limits, self._hand_over_model, self.publish_model_state, self._reply
+            self.store,
+            state,
+            keys,
+            options,
+            limits,
+            self._hand_over_model,
+            self.publish_model_state,
+            self._reply,
+            policy,
         )
 
     def _updater(self) -> ModelUpdater:

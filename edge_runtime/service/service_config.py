@@ -29,10 +29,17 @@ class ConfigError(ValueError):
         return "\n".join(lines + [f"  {problem}" for problem in self.problems])
 
 
+_TARGET_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # as a bundle's manifest target names them
+
+
 class BundleConfig(StrictModel):
     slot: Path | None = Field(None, description="an installed bundle folder")
     archive: Path | None = Field(None, description="a signed bundle archive, installed into state_dir/slots")
     trusted_keys: list[Path] = Field(default_factory=list, description="public keys that may sign the archive")
+    product: str | None = Field(
+        None, pattern=_TARGET_NAME, description="only bundles made for this product run here; unset: any bundle"
+    )
+    device_class: str | None = Field(None, pattern=_TARGET_NAME, description="and for this device class")
 
     @model_validator(mode="after")
     def _one_source(self) -> BundleConfig:
@@ -40,6 +47,8 @@ class BundleConfig(StrictModel):
             raise ValueError("give exactly one of slot (an installed folder) or archive (a signed bundle)")
         if self.archive is not None and not self.trusted_keys:
             raise ValueError("archive needs at least one trusted_keys entry to verify it against")
+        if (self.product is None) != (self.device_class is None):
+            raise ValueError("product and device_class go together (the bundle's target names both)")
         return self
 
 

@@ -282,7 +282,7 @@ def test_unknown_schema_version(tmp_path: Path, key: Ed25519PrivateKey, keys: li
     manifest = {**manifest_dict(PAYLOAD), "schema_version": 99, "future_field": True}
     archive = write_archive(tmp_path / "future.tar", key, manifest=encode(manifest))
     message = reject(archive, keys, "unknown_schema")
-    assert "99" in message and "[1, 2]" in message
+    assert "99" in message and "[1, 2, 3]" in message
 
 
 def test_missing_required_field(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
@@ -539,3 +539,30 @@ def test_schema_2_calibration_keeps_edge_bands_and_chosen_weights() -> None:
         CalibrationSpec.model_validate(
             {**CALIBRATION, "map_stats": {"knn": {"location": [0.5, 0.1], "scale": [1.0], "band_width": 8}}}
         )
+
+
+# Schema 3: an orderable model_version and an optional product / device-class target
+
+
+def test_schema_3_binds_a_bundle_to_a_product_and_older_schemas_still_load(
+    tmp_path: Path, key: Ed25519PrivateKey, keys: list
+) -> None:
+    target = {"product": "tile-inspector", "device_class": "line-pc"}
+    bound = {**manifest_dict(PAYLOAD), "schema_version": 3, "model_version": "2.1.0-rc.1", "target": target}
+    manifest = verify_bundle(write_archive(tmp_path / "bound.tar", key, manifest=encode(bound)), keys).manifest
+    assert (manifest.target.product, manifest.target.device_class) == ("tile-inspector", "line-pc")
+    for schema in (1, 2):  # free-text versions and no target, as such bundles were made
+        older = {**manifest_dict(PAYLOAD), "schema_version": schema}
+        loaded = verify_bundle(write_archive(tmp_path / f"v{schema}.tar", key, manifest=encode(older)), keys)
+        assert loaded.manifest.target is None and loaded.manifest.model_version == "tile-2024.06.01"
+
+
+def test_schema_3_needs_an_orderable_version_and_older_schemas_no_target(
+    tmp_path: Path, key: Ed25519PrivateKey, keys: list
+) -> None:
+    unordered = {**manifest_dict(PAYLOAD), "schema_version": 3}
+    message = reject(write_archive(tmp_path / "free.tar", key, manifest=encode(unordered)), keys, "malformed_manifest")
+    assert "model_version: 'tile-2024.06.01' is not a version that can be ordered" in message
+    old_bound = {**manifest_dict(PAYLOAD), "schema_version": 2, "target": {"product": "p", "device_class": "c"}}
+    message = reject(write_archive(tmp_path / "old.tar", key, manifest=encode(old_bound)), keys, "malformed_manifest")
+    assert "target needs schema_version 3" in message

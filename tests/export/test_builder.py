@@ -74,3 +74,25 @@ def test_bundle_evaluates_through_the_same_code_path(bundle, keys, tiny_dataset)
     report = evaluate_bundle(bundle[0], [keys[1]], tiny_dataset, "bundle")
     assert report.overall.defect_images == 6
     assert 0.0 <= report.overall.image_auroc <= 1.0 and np.isfinite(report.overall.aupro)
+
+
+def test_export_cli_binds_the_bundle_to_a_product_and_needs_an_orderable_version(tiny_run, keys, tmp_path, capsys):
+    from edge_runtime.bundle import load_trusted_keys, verify_bundle
+    from edge_runtime.manifest import SCHEMA_VERSION
+    from export.__main__ import main
+
+    out = tmp_path / "tile-1.2.0.tar"
+    common = ["bundle", "--run", str(tiny_run), "--out", str(out), "--sign-key", str(keys[0]), "--precision", "fp32"]
+    common += ["--gate-images-per-type", "1", "--gate-good-images", "4"]
+    assert main([*common, "--model-version", "nightly"]) == 2
+    assert "'nightly' is not a version that can be ordered" in capsys.readouterr().err
+    assert main([*common, "--model-version", "1.2.0", "--product", "tile-inspector"]) == 2
+    assert "product and device class go together" in capsys.readouterr().err
+    assert not out.exists(), "both mistakes are caught before anything is exported"
+
+    target = ["--product", "tile-inspector", "--device-class", "line-pc"]
+    assert main([*common, "--model-version", "1.2.0", *target]) == 0
+    manifest = verify_bundle(out, load_trusted_keys([keys[1]])).manifest
+    assert (manifest.schema_version, manifest.model_version) == (SCHEMA_VERSION, "1.2.0")
+    assert (manifest.target.product, manifest.target.device_class) == ("tile-inspector", "line-pc")
+    assert "for tile-inspector/line-pc" in capsys.readouterr().out

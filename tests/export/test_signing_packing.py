@@ -51,7 +51,7 @@ CREATED_AT = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 
 def draft_manifest() -> Manifest:
     return Manifest(
-        model_version="tile-2024.06.01",
+        model_version="2024.6.1",
         created_at=CREATED_AT,
         input=InputSpec(height=64, width=64, color="gray"),
         schedule=ScheduleSpec(num_timesteps=1000, beta_start=0.0015, beta_end=0.0195),

@@ -182,3 +182,27 @@ def test_leftovers_of_an_interrupted_update_are_removed_at_start(tmp_path):
     assert sorted(removed) == sorted([".unpacking-x1y2", ".state.abc.json", "ab" * 32 + ".tar"])
     assert list(store.downloads.iterdir()) == [] and not staging.exists()
     assert kept.is_dir() and store.state_path.is_file(), "installed slots and the state stay"
+
+
+def test_a_configured_archive_made_for_no_or_another_product_is_a_configuration_error(bundle, keys, tmp_path):
+    from edge_runtime.service.model_policy import BundleNotAccepted, BundlePolicy
+
+    store = ModelStore(tmp_path / "models")
+    config = BundleConfig(archive=bundle[0], trusted_keys=[keys[1]], product="tile-inspector", device_class="line-pc")
+    with pytest.raises(BundleNotAccepted, match=r"^wrong_target: bundle.archive .* names no product") as refused:
+        load_startup_model(config, store, load_trusted_keys([keys[1]]), OPTIONS, BundlePolicy(config, store.root))
+    assert isinstance(refused.value, ValueError), "the command line turns it into exit status 2"
+    assert not [p for p in store.root.iterdir() if p.is_dir()], "the refused slot is removed"
+
+
+def test_the_configured_archive_may_be_older_than_the_minimum_which_stays(bundle, keys, slot, repack, tmp_path):
+    from edge_runtime.service.model_policy import BundlePolicy
+
+    keys_loaded = load_trusted_keys([keys[1]])
+    store = ModelStore(tmp_path / "models")
+    v2 = BundleConfig(archive=repack(slot, tmp_path / "v2.tar", keys[0], "2.0.0"), trusted_keys=[keys[1]])
+    load_startup_model(v2, store, keys_loaded, OPTIONS, BundlePolicy(v2, store.root))
+    v1 = BundleConfig(archive=bundle[0], trusted_keys=[keys[1]])  # the site goes back by hand (root only)
+    policy = BundlePolicy(v1, store.root)
+    assert load_startup_model(v1, store, keys_loaded, OPTIONS, policy).inspector.model_version == "1.0.0"
+    assert policy.minimum_text() == "2.0.0", "cmd/install still cannot bring anything older than 2.0.0"

@@ -91,6 +91,36 @@ def fails_on_real_frames(slot, keys, repack, tmp_path_factory) -> Path:
     return repack(slot, tmp_path_factory.mktemp("failing") / "v2.tar", keys[0], "2.0.0", shorten)
 
 
+TARGET = {"product": "tile-inspector", "device_class": "line-pc"}
+
+
+@pytest.fixture(scope="session")
+def versioned_bundles(slot, keys, repack, tmp_path_factory) -> dict[str, Path]:
+    """The tiny model signed with the site key as other versions, unbound or bound to a product."""
+    folder = tmp_path_factory.mktemp("versions")
+
+    def bound_to(target: dict):  # noqa: ANN202
+        return lambda fields: fields.update(target=target)
+
+    return {
+        "1.5.0": repack(slot, folder / "v1.5.tar", keys[0], "1.5.0"),
+        "1.0.0-bound": repack(slot, folder / "v1-bound.tar", keys[0], "1.0.0", bound_to(TARGET)),
+        "2.0.0-bound": repack(slot, folder / "v2-bound.tar", keys[0], "2.0.0", bound_to(TARGET)),
+        "3.0.0-other": repack(
+            slot, folder / "v3-other.tar", keys[0], "3.0.0", bound_to({**TARGET, "product": "weld-inspector"})
+        ),
+        "3.0.0-unbound": repack(slot, folder / "v3-unbound.tar", keys[0], "3.0.0"),
+    }
+
+
+def install(listener, bundle_server, bundle: Path, version: str, request_id: str) -> dict:  # noqa: ANN001
+    """Serve `bundle`, ask the device to install it and wait for the outcome."""
+    shutil.copy(bundle, bundle_server.folder / f"{request_id}.tar")
+    body = {"url": bundle_server.url(f"{request_id}.tar"), "version": version, "sha256": sha256(bundle)}
+    send(listener, "install", body | {"request_id": request_id})
+    return final_reply(listener, request_id)
+
+
 @pytest.fixture
 def start_service():
     """A Service that loads its model itself (from the config and its model store), in a thread."""
@@ -310,3 +340,58 @@ def test_a_new_model_that_fails_on_real_frames_is_rolled_back_to_the_previous_on
     assert not on_probation(service.updater.state, 86400), "the model rolled back to is not watched: no swinging"
     on_disk = json.loads((service.store.state_path).read_text())
     assert on_disk["last_update"]["reason"] == "inspection_failures"
+
+
+def test_an_older_signed_bundle_is_refused_while_rollback_to_the_kept_previous_still_works(
+    broker, listen, archive_config, start_service, bundle_server, update_bundles, versioned_bundles
+):
+    raw = archive_config(broker.port)
+    listener = listen(broker.port, "test")
+    service = start_service(raw)
+    wait_until_subscribed(listener)
+    assert model_state(listener)["minimum_version"] == "1.0.0", "the configured bundle sets the first minimum"
+
+    assert install(listener, bundle_server, update_bundles["good"], "2.0.0", "up")["outcome"] == "installed"
+    assert model_state(listener)["minimum_version"] == "2.0.0"
+    fetched = len(bundle_server.requests)
+    refused = install(listener, bundle_server, versioned_bundles["1.5.0"], "1.5.0", "down")
+    assert (refused["ok"], refused["reason"]) == (False, "downgrade"), refused
+    assert "older than this device's minimum 2.0.0" in refused["error"]
+    assert len(bundle_server.requests) == fetched, "nothing is downloaded for a version the device refuses"
+
+    send(listener, "rollback", {"request_id": "back"})
+    back = final_reply(listener, "back")
+    assert (back["ok"], back["outcome"], back["version"]) == (True, "rolled_back", "1.0.0")
+    state = model_state(listener)
+    assert (state["active"], state["previous"], state["minimum_version"]) == ("1.0.0", "2.0.0", "2.0.0")
+    again = install(listener, bundle_server, versioned_bundles["1.5.0"], "1.5.0", "down-again")
+    assert again["reason"] == "downgrade", "a rollback does not lower the minimum"
+
+    minimum = json.loads((Path(raw["state_dir"]) / "models" / "minimum_version.json").read_text())
+    assert minimum["minimum_version"] == "2.0.0" and "2.0.0" in minimum["set_by"]
+    start_service.stop(service)  # it survives a restart, and a state.json set aside
+    (Path(raw["state_dir"]) / "models" / "state.json").write_text("damaged")
+    listener.messages.clear()
+    start_service(raw)
+    wait_until_subscribed(listener)
+    assert install(listener, bundle_server, versioned_bundles["1.5.0"], "1.5.0", "down-3")["reason"] == "downgrade"
+
+
+def test_a_device_bound_to_a_product_refuses_bundles_made_for_another_or_for_none(
+    broker, listen, make_config, keys, start_service, bundle_server, versioned_bundles
+):
+    raw = make_config(broker.port, camera={"pipeline": CAMERA}, mode={"kind": "continuous", "max_fps": 0})
+    raw["bundle"] = {"archive": str(versioned_bundles["1.0.0-bound"]), "trusted_keys": [str(keys[1])], **TARGET}
+    listener = listen(broker.port, "test")
+    start_service(raw)
+    wait_until_subscribed(listener)
+
+    other = install(listener, bundle_server, versioned_bundles["3.0.0-other"], "3.0.0", "other")
+    assert (other["ok"], other["reason"]) == (False, "wrong_target")
+    assert "is for product 'weld-inspector'" in other["error"] and "'tile-inspector'" in other["error"]
+    unbound = install(listener, bundle_server, versioned_bundles["3.0.0-unbound"], "3.0.0", "unbound")
+    assert unbound["reason"] == "wrong_target" and "names no product" in unbound["error"]
+    assert model_state(listener)["installed"] == ["1.0.0"], "nothing of a refused bundle stays"
+
+    bound = install(listener, bundle_server, versioned_bundles["2.0.0-bound"], "2.0.0", "bound")
+    assert (bound["ok"], bound["outcome"]) == (True, "installed")
