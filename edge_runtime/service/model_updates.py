@@ -102,6 +102,7 @@ class ModelUpdater:
         self._cancel = threading.Event()  # set by a rollback to end a download at its next read
         self.limits = dataclasses.replace(limits, cancel=self._cancel)
         self._worker: threading.Thread | None = None
+        self._final_reply: dict[str, Any] | None = None  # sent once the job has let go of the updater
 
     # --- commands: checked at once, carried out in a worker thread -------------------------------------
 
@@ -186,17 +187,20 @@ class ModelUpdater:
             if self.progress is not None:  # the job ended without concluding (it cannot, but never stay busy)
                 self.progress = None
                 self._announce()
+            reply, self._final_reply = self._final_reply, None
             self._busy.release()
+            # Only now: a client may send its next command the moment it reads this, and must not find us busy.
+            if reply is not None:
+                self._reply(reply)
 
     def _conclude(self, state: ModelState, reply: dict[str, Any] | None) -> None:
-        """Record the outcome on disk, publish the model state, then answer: the state is current by then.
-        A job the device started itself answers no command (reply None); `model` reports it."""
+        """Record the outcome on disk and publish the model state; the answer goes when the job has ended, so
+        the state is current by then. A job the device started itself answers no command (reply None)."""
         self.store.write(state)
         self.state = state
         self.progress = None
         self._announce()
-        if reply is not None:
-            self._reply(reply)
+        self._final_reply = reply
 
     def _stage(self, stage: Stage) -> None:
         assert self.progress is not None

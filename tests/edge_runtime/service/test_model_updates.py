@@ -395,3 +395,31 @@ def test_a_device_bound_to_a_product_refuses_bundles_made_for_another_or_for_non
 
     bound = install(listener, bundle_server, versioned_bundles["2.0.0-bound"], "2.0.0", "bound")
     assert (bound["ok"], bound["outcome"]) == (True, "installed")
+
+
+def test_a_client_may_send_its_next_command_as_soon_as_it_reads_the_outcome(keys, tmp_path):
+    """The outcome is answered only once the updater is free: a deploy tool that sends the next install the
+    moment it reads the last one's outcome must not be told that the device is still busy."""
+    from edge_runtime.bundle import load_trusted_keys
+    from edge_runtime.openvino_networks import RuntimeOptions
+    from edge_runtime.service.download import DownloadLimits
+    from edge_runtime.service.model_store import ModelState
+    from edge_runtime.service.model_updates import ModelUpdater
+
+    replies: list[dict] = []
+    request = {"url": "http://models.example/b.tar", "version": "2.0.0", "sha256": "ab" * 32}
+
+    def on_reply(reply: dict) -> None:  # like a client that answers the outcome with its next command
+        replies.append(reply)
+        if len(replies) == 1:
+            replies.append(updater.command_install(request | {"request_id": "second"}))
+
+    store = ModelStore(tmp_path / "models")
+    limits = DownloadLimits(1 << 20, 5.0, 1)  # no allowed hosts: the download is refused at once
+    updater = ModelUpdater(
+        store, ModelState(), load_trusted_keys([keys[1]]), RuntimeOptions(), limits, print, lambda: None, on_reply
+    )
+    updater.command_install(request | {"request_id": "first"})
+    updater.wait(10)
+    assert replies[0]["request_id"] == "first" and replies[0]["reason"] == "not_allowed", replies
+    assert replies[1]["accepted"] is True, "the next command is taken, not refused as busy"
