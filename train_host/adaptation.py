@@ -13,6 +13,7 @@ from edge_runtime.settings import InspectionSettings
 from train_host.autoencoder import Autoencoder
 from train_host.backbone import Backbone
 from train_host.config import AdaptationConfig
+from train_host.feature_loss import stagewise_cosine_loss
 from train_host.torch_setup import progress
 from train_host.unet import UNet
 
@@ -29,13 +30,6 @@ def heal_batch(
         predicted = unet(torch.from_numpy(current).to(images.device), timesteps).cpu().numpy()
         current = sampler.step(current, predicted, latent, t, t_prev)
     return autoencoder.decode(torch.from_numpy(current).to(images.device))
-
-
-def stagewise_cosine_loss(first: list[torch.Tensor], second: list[torch.Tensor]) -> torch.Tensor:
-    """Sum over stages of the mean (1 - cosine similarity) per position."""
-    return sum(
-        (1.0 - torch.nn.functional.cosine_similarity(a, b, dim=1)).mean() for a, b in zip(first, second, strict=True)
-    )
 
 
 def adapt_backbone(

@@ -67,6 +67,10 @@ class AutoencoderConfig(StrictModel):
     batch_size: int = Field(16, ge=1)
     crop_size: int = Field(128, ge=32, description="random square crops for training (fully convolutional)")
     learning_rate: float = Field(1e-3, gt=0)
+    # L1 alone leaves fine texture blurred, and the feature map then lights up on texture everywhere.
+    feature_loss_weight: float = Field(
+        0.0, ge=0, description="weight of the frozen map backbone's cosine distance (reconstruction vs input)"
+    )
 
 
 class UNetConfig(StrictModel):

@@ -17,7 +17,7 @@ from train_host.backbone import knn_backbone, map_backbone
 from train_host.calibrate import fit_calibration
 from train_host.config import ConfigError, TrainConfig, config_to_yaml, load_config
 from train_host.dataset import load_image, split_holdout, spread_subset, train_images
-from train_host.fit_autoencoder import train_autoencoder
+from train_host.fit_autoencoder import crop_shape, train_autoencoder
 from train_host.fit_denoiser import encode_with_flips, train_denoiser
 from train_host.memory_bank import build_memory
 from train_host.run_store import (
@@ -85,7 +85,10 @@ def train(config: TrainConfig, out: Path) -> RunPaths:
     log = StepLog(paths.log)
 
     def fit_autoencoder() -> list[float]:
-        model, losses = train_autoencoder(images, config.autoencoder, device, config.seed)
+        features = None
+        if config.autoencoder.feature_loss_weight > 0:
+            features = map_backbone(config.backbone, crop_shape(images, config.autoencoder))
+        model, losses = train_autoencoder(images, config.autoencoder, device, config.seed, features)
         save_module(model, paths.autoencoder)
         return losses
 
