@@ -55,7 +55,7 @@ bench: setup
 	@[ -f $(BENCH_KEY).pem ] || $(PY) -m export keygen --out $(BENCH_KEY)
 	@for p in int8 auto fp32; do \
 		[ -f bundles/bench-$$p.tar ] || $(PY) -m export bundle --run $(BENCH_RUN) --out bundles/bench-$$p.tar \
-			--sign-key $(BENCH_KEY).pem --model-version bench-$$p --precision $$p || exit 1; \
+			--sign-key $(BENCH_KEY).pem --model-version 0.0.0+bench.$$p --precision $$p || exit 1; \
 		$(PY) -m edge_runtime bench --bundle bundles/bench-$$p.tar --trusted-key $(BENCH_KEY).pub.pem \
 			--images $(BENCH_IMAGES) --out $(BENCH_OUT)/openvino-$$p.json || exit 1; \
 	done
