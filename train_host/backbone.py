@@ -85,6 +85,13 @@ def map_backbone(config: BackboneConfig, image_size: tuple[int, int]) -> Backbon
     return Backbone(config.map_stages, image_size, config.border_for(image_size))
 
 
+def loss_backbone(config: BackboneConfig, crop_shape: tuple[int, int]) -> Backbone:
+    """The map backbone as the autoencoder's feature loss uses it, on training crops. No mirrored border: input
+    and reconstruction of the same crop are compared, so both edges see the same padding, and the border would
+    double the cost of every training step."""
+    return Backbone(config.map_stages, crop_shape)
+
+
 def imagenet_classifier(image_size: tuple[int, int] = (224, 224)) -> EfficientNet:
     """The full classifier; input RGB in [-1, 1] ((pixel - 127) / 128 as the weights were trained)."""
     return load_pretrained(image_size)

@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_runtime.sampler import ConditionedDDIMSampler
 from train_host.adaptation import adapt_backbone
-from train_host.backbone import knn_backbone, map_backbone
+from train_host.backbone import knn_backbone, loss_backbone, map_backbone
 from train_host.calibrate import fit_calibration
 from train_host.config import ConfigError, TrainConfig, config_to_yaml, load_config
 from train_host.dataset import load_image, split_holdout, spread_subset, train_images
@@ -87,7 +87,7 @@ def train(config: TrainConfig, out: Path) -> RunPaths:
     def fit_autoencoder() -> list[float]:
         features = None
         if config.autoencoder.feature_loss_weight > 0:
-            features = map_backbone(config.backbone, crop_shape(images, config.autoencoder))
+            features = loss_backbone(config.backbone, crop_shape(images, config.autoencoder))
         model, losses = train_autoencoder(images, config.autoencoder, device, config.seed, features)
         save_module(model, paths.autoencoder)
         return losses

@@ -4,7 +4,8 @@ import pytest
 import torch
 from skimage import data
 
-from train_host.backbone import Backbone, imagenet_classifier
+from train_host.backbone import Backbone, imagenet_classifier, loss_backbone
+from train_host.config import BackboneConfig
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -45,3 +46,11 @@ def test_mirrored_border_gives_edge_patches_what_interior_patches_see():
 def test_border_must_be_a_multiple_of_the_coarsest_stride():
     with pytest.raises(ValueError, match="multiple of 32"):
         Backbone([2], (128, 128), 16)
+
+
+def test_the_feature_loss_backbone_has_the_map_stages_and_no_border():
+    config = BackboneConfig()
+    assert config.border_for((128, 128)) > 0
+    backbone = loss_backbone(config, (128, 128))
+    assert backbone.border == 0
+    assert backbone.stages == sorted(config.map_stages)
