@@ -42,6 +42,7 @@ from edge_runtime.service.publisher import Publisher
 from edge_runtime.service.service_config import ServiceConfig
 from edge_runtime.service.stats import Stats
 from edge_runtime.service.systemd_notify import SystemdLink, attach_systemd
+from edge_runtime.service.triggers import QueueClosed, Trigger, TriggerQueue, unserved_reply
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,6 @@ class InspectedPart:
         """The heatmap overlay at model size (where the map and boxes live), drawn with the judging model."""
         model_image = to_uint8_image(self.inspector.prepare(self.frame.image))
         return heatmap_jpeg(model_image, self.result, self.inspector.calibration.pixel_threshold, quality)
-
-
-@dataclass(frozen=True)
-class Trigger:
-    part_id: str
-    received: float  # time.monotonic(); the frame inspected must be newer than this
 
 
 def new_boot_id() -> str:
@@ -122,7 +117,8 @@ class Service:
         self.started = threading.Event()
         self._paused = threading.Event()
         self._stop = threading.Event()
-        self._triggers: queue.Queue[Trigger] = queue.Queue(maxsize=config.mode.trigger_queue)
+        # A trigger's deadline runs from its arrival: the part it names passes the camera meanwhile.
+        self._triggers = TriggerQueue(config.mode.trigger_queue, config.camera.frame_timeout_s)
 
     def part_id(self, counter: int) -> str:
         return f"{self.config.mqtt.device_id}-{self.boot_id}-{counter}"
@@ -285,27 +281,30 @@ class Service:
             self._inspect(frame, self.part_id(self.produced))
 
     def _serve_trigger(self, stopping: Callable[[], bool]) -> None:
-        assert self.source is not None
-        try:
-            trigger = self._triggers.get(timeout=_IDLE_WAIT_S)
-        except queue.Empty:
+        trigger = self._triggers.get(timeout=_IDLE_WAIT_S)
+        if trigger is None:
             return
-        frame = self._frame_after(trigger.received, self.config.camera.frame_timeout_s, stopping)
+        if stopping():
+            self._reply(unserved_reply(trigger, "stopped"))
+            return
+        if trigger.remaining() <= 0:
+            self._reply(unserved_reply(trigger, "expired"))
+            return
+        frame = self._frame_after(trigger, stopping)
         if frame is None:
-            reason = f"no frame arrived within {self.config.camera.frame_timeout_s:g} s of the trigger"
-            self._reply({"command": "trigger", "ok": False, "part_id": trigger.part_id, "error": reason})
+            self._reply(unserved_reply(trigger, "stopped" if stopping() else "no_frame"))
             return
         self._inspect(frame, trigger.part_id)
 
-    def _frame_after(self, received: float, timeout_s: float, stopping: Callable[[], bool]) -> Frame | None:
-        """Wait for a frame newer than `received` in short slices, so the loop keeps ticking (watchdog, health)."""
+    def _frame_after(self, trigger: Trigger, stopping: Callable[[], bool]) -> Frame | None:
+        """A frame newer than the trigger, taken before its deadline; waits in short slices, so the loop keeps
+        ticking (watchdog, health)."""
         assert self.source is not None
-        deadline = time.monotonic() + timeout_s
         while not stopping():
-            remaining = deadline - time.monotonic()
+            remaining = trigger.remaining()
             if remaining <= 0:
                 return None
-            frame = self.source.take(after=received, timeout=min(_IDLE_WAIT_S, remaining))
+            frame = self.source.take(after=trigger.received, timeout=min(_IDLE_WAIT_S, remaining))
             if frame is not None:
                 return frame
             self._notify(self.tick_listeners)
@@ -383,6 +382,8 @@ class Service:
         if self.source is not None:
             self.source.stop()
         self.plc_links.stop()
+        for trigger in self._triggers.close():  # before the publisher goes: every trigger gets an answer
+            self._reply(unserved_reply(trigger, "stopped"))
         if self.publisher is not None:
             self.publish_status()
             self.publisher.stop()
@@ -473,9 +474,11 @@ class Service:
         if self._paused.is_set():
             raise CommandError("inspection is paused; send resume first")
         try:
-            self._triggers.put_nowait(Trigger(part_id, time.monotonic()))
+            self._triggers.put(part_id)
         except queue.Full as error:
             raise CommandError(f"{self._triggers.maxsize} triggers are already waiting") from error
+        except QueueClosed as error:
+            raise CommandError(str(error)) from error
         return {"part_id": part_id}
 
     def _cmd_pause(self, body: dict[str, Any]) -> dict[str, Any]:
