@@ -446,7 +446,7 @@ class Service:
             dropped=source.dropped if source else 0,
             outbox_depth=outbox.depth() if outbox else 0,
             outbox_dropped=outbox.dropped() if outbox else 0,
-        ) | {"camera_reconnects": source.reconnects if source else 0}
+        ) | {"camera_reconnects": source.reconnects if source else 0, "bad_frames": source.bad_frames if source else 0}
 
     def publish_stats(self) -> None:
         if self.publisher is not None:
