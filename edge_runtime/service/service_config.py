@@ -206,6 +206,12 @@ class OperatorViewConfig(StrictModel):
     healthz_stale_s: float = Field(
         10.0, gt=0.0, description="/healthz fails when the frame loop has not turned for this long"
     )
+    max_connections: int = Field(
+        16, ge=1, le=1024, description="requests served at once (a thread each); more are answered 503"
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0.0, le=300.0, description="socket timeout of each request: a half-sent one is dropped after it"
+    )
 
 
 class ServiceConfig(StrictModel):
