@@ -40,6 +40,7 @@ from edge_runtime.service.outbox import Outbox, open_outbox
 from edge_runtime.service.plc_links import PlcLinks
 from edge_runtime.service.publisher import Publisher
 from edge_runtime.service.service_config import ServiceConfig
+from edge_runtime.service.signed_commands import RECORD_FILE, CommandVerifier
 from edge_runtime.service.stats import Stats
 from edge_runtime.service.systemd_notify import SystemdLink, attach_systemd
 from edge_runtime.service.triggers import QueueClosed, Trigger, TriggerQueue, unserved_reply
@@ -104,8 +105,11 @@ class Service:
         self.commands.register("pause", self._cmd_pause)
         self.commands.register("resume", self._cmd_resume)
         self.commands.register("status", self._cmd_status)
-        self.commands.register("install", lambda body: self._updater().command_install(body))
-        self.commands.register("rollback", lambda body: self._updater().command_rollback(body))
+        self.commands.register("install", lambda body: self._updater().command_install(self._opened("install", body)))
+        self.commands.register(
+            "rollback", lambda body: self._updater().command_rollback(self._opened("rollback", body))
+        )
+        self.command_verifier: CommandVerifier | None = None  # set by run() when updates.signed_commands
         # Observers (operator view, systemd notifier) plug in here; the frame loop does not know them.
         # Result listeners run in the frame thread after each part is stored, tick listeners every loop turn
         # (at least every 0.2 s); both must be quick and must not raise.
@@ -165,6 +169,11 @@ class Service:
                 state = ModelState()
             policy.start(state)
         updates = self.config.updates
+        if updates.signed_commands:
+            command_keys = load_trusted_keys(updates.command_keys) if updates.command_keys else keys
+            record = self.config.state_dir / RECORD_FILE
+            device = self.config.mqtt.device_id
+            self.command_verifier = CommandVerifier(command_keys, device, updates.command_max_age_s, record)
         limits = DownloadLimits(
             updates.max_bundle_bytes,
             updates.download_timeout_s,
@@ -186,6 +195,14 @@ class Service:
             self._reply,
             policy,
         )
+
+    def _opened(self, command: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The command body to act on: as sent, or, with updates.signed_commands, verified out of its envelope."""
+        if not self.config.updates.signed_commands:
+            return body
+        if self.command_verifier is None:
+            raise CommandError("signed commands are not ready yet", "unsigned")
+        return self.command_verifier.open(command, body)
 
     def _updater(self) -> ModelUpdater:
         if self.updater is None or not self.config.updates.enabled:

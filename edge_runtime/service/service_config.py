@@ -192,6 +192,15 @@ class UpdatesConfig(StrictModel):
         256 * 1024**2, ge=0, description="free space an update must leave on the state disk (for the outbox)"
     )
     fallback: FallbackConfig = FallbackConfig()
+    signed_commands: bool = Field(
+        False, description="cmd/install and cmd/rollback must be signed by a site key (python -m export push --key)"
+    )
+    command_keys: list[Path] = Field(
+        [], description="public keys that may sign commands; empty: the bundle.trusted_keys that sign bundles"
+    )
+    command_max_age_s: float = Field(
+        600.0, gt=0.0, le=86400.0, description="signed commands issued longer ago (or ahead) by the device clock"
+    )
 
 
 class OperatorViewConfig(StrictModel):
@@ -280,6 +289,7 @@ def file_problems(config: ServiceConfig) -> list[str]:
         ("updates.ca_file", config.updates.ca_file, False),
     ]
     wanted += [(f"bundle.trusted_keys.{i}", key, False) for i, key in enumerate(config.bundle.trusted_keys)]
+    wanted += [(f"updates.command_keys.{i}", key, False) for i, key in enumerate(config.updates.command_keys)]
     if config.opcua.enabled:
         wanted += [(key, path, False) for key, path in config.opcua.files()]
     if config.mqtt.tls is not None:
