@@ -41,6 +41,7 @@ DEFAULT_MAX_UNPACKED_BYTES = 8 * 1024**3
 # tarfile keeps every member header in memory.
 MAX_UNLISTED_MEMBERS = 64
 _CHUNK_BYTES = 1 << 20
+_FILE_OVERHEAD_BYTES = 4096  # a file takes whole blocks on disk
 _GZIP_MAGIC = b"\x1f\x8b"
 _FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 _READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
@@ -163,12 +164,15 @@ def install_bundle(
     trusted_keys: Sequence[Ed25519PublicKey],
     slot_dir: Path,
     max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
+    keep_free_bytes: int = 0,
 ) -> Manifest:
-    """Verify, then extract into a hidden sibling of `slot_dir` and rename it into place."""
+    """Verify, then extract into a hidden sibling of `slot_dir` and rename it into place; refused (`no_space`)
+    when the unpacked files would leave less than `keep_free_bytes` free on that disk."""
     slot_dir = Path(slot_dir)
     _check_slot_free(slot_dir)
     verified = verify_bundle(archive, trusted_keys, max_unpacked_bytes)
     slot_dir.parent.mkdir(parents=True, exist_ok=True)
+    _check_room(verified, slot_dir.parent, keep_free_bytes)
     staging = Path(tempfile.mkdtemp(prefix=f".{slot_dir.name}.installing-", dir=slot_dir.parent))
     try:
         _extract_verified(verified, staging)
@@ -383,6 +387,19 @@ def _sha256_of_chunks(chunks: Iterator[bytes]) -> str:
 def _check_hash(name: str, expected: str, actual: str, source: str) -> None:
     if actual != expected:
         raise BundleError("hash_mismatch", f"{source}: {name} has sha256 {actual}, the manifest says {expected}")
+
+
+def _check_room(verified: VerifiedBundle, folder: Path, keep_free_bytes: int) -> None:
+    """The unpacked size is known from the member headers before a byte is written; the disk is shared with the
+    outbox, so an update must not take the space results need."""
+    free = shutil.disk_usage(folder).free
+    needed = verified.unpacked_bytes + _FILE_OVERHEAD_BYTES * len(verified.manifest.files)
+    if free - needed < keep_free_bytes:
+        raise BundleError(
+            "no_space",
+            f"bundle {verified.archive.name} unpacks to {verified.unpacked_bytes} bytes; {folder} has {free} free "
+            f"and must keep {keep_free_bytes} (updates.keep_free_bytes)",
+        )
 
 
 def _check_slot_free(slot_dir: Path) -> None:
