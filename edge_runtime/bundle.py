@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -18,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from edge_runtime.bundle_errors import BundleError, KeyFileError, read_key_file
 from edge_runtime.manifest import MANIFEST_NAME, RESERVED_NAMES, SIGNATURE_NAME, Manifest, path_problem
+from edge_runtime.tar_scan import RawTarReader, TarScanError
 
 __all__ = [
     "BundleError",
@@ -34,7 +37,11 @@ SIGNATURE_BYTES = 64
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 # Unpacked size is bounded separately from the download: a small compressed archive can expand enormously.
 DEFAULT_MAX_UNPACKED_BYTES = 8 * 1024**3
+# Members the manifest does not account for (stray folders, mistakes) before the archive is refused unread:
+# tarfile keeps every member header in memory.
+MAX_UNLISTED_MEMBERS = 64
 _CHUNK_BYTES = 1 << 20
+_FILE_OVERHEAD_BYTES = 4096  # a file takes whole blocks on disk
 _GZIP_MAGIC = b"\x1f\x8b"
 _FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 _READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
@@ -48,6 +55,7 @@ class VerifiedBundle:
     manifest: Manifest
     manifest_bytes: bytes = field(repr=False)
     signature: bytes = field(repr=False)
+    unpacked_bytes: int = 0  # what its files take once extracted, from the member headers
 
 
 def load_trusted_keys(paths: Sequence[Path]) -> list[Ed25519PublicKey]:
@@ -68,19 +76,87 @@ def load_trusted_keys(paths: Sequence[Path]) -> list[Ed25519PublicKey]:
 def verify_bundle(
     archive: Path, trusted_keys: Sequence[Ed25519PublicKey], max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES
 ) -> VerifiedBundle:
-    """Check member safety, size, signature, manifest and every hash while reading the archive; nothing is written."""
+    """Check signature, header bounds, member safety, size, manifest and every hash while reading; nothing is
+    written. The signed manifest at the head of the archive is checked before any other header is parsed."""
     archive = Path(archive)
+    manifest_bytes, signature, manifest, unpacked = _verify_head_and_headers(archive, trusted_keys, max_unpacked_bytes)
     with _open_archive(archive) as tar:
         members = _safe_members(tar, archive)
-        _check_unpacked_size(members, max_unpacked_bytes, archive)
-        manifest_bytes, signature = _read_manifest_and_signature(tar, members, archive)
-        _check_signature(manifest_bytes, signature, trusted_keys, f"bundle {archive.name}")
-        manifest = Manifest.parse(manifest_bytes)
+        # tarfile must see the very manifest that was verified, or the two readers disagree about the archive.
+        if _read_manifest_and_signature(tar, members, archive) != (manifest_bytes, signature):
+            raise BundleError("not_a_bundle", f"bundle {archive.name}: its manifest reads differently as a tar")
         _check_file_set(manifest, members, f"bundle {archive.name}")
         for name, member in _in_archive_order(members):
             actual = _sha256_of_chunks(_member_chunks(tar, member, archive))
             _check_hash(name, manifest.files[name], actual, f"bundle {archive.name}")
-    return VerifiedBundle(archive=archive, manifest=manifest, manifest_bytes=manifest_bytes, signature=signature)
+    return VerifiedBundle(archive, manifest, manifest_bytes, signature, unpacked)
+
+
+def _verify_head_and_headers(
+    archive: Path, trusted_keys: Sequence[Ed25519PublicKey], max_unpacked_bytes: int
+) -> tuple[bytes, bytes, Manifest, int]:
+    """Manifest and signature read as the first two members with the bounded reader, the signature checked,
+    then every further header walked with bounds (see tar_scan); returns them and the unpacked size."""
+    source = f"bundle {archive.name}"
+    with _open_raw(archive) as stream:
+        reader = RawTarReader(stream)
+        try:
+            manifest_bytes = _read_head_member(reader, MANIFEST_NAME, MAX_MANIFEST_BYTES, archive)
+            signature = _read_head_member(reader, SIGNATURE_NAME, SIGNATURE_BYTES, archive)
+            _check_signature(manifest_bytes, signature, trusted_keys, source)
+            manifest = Manifest.parse(manifest_bytes)
+            unpacked = _scan_rest(reader, manifest, max_unpacked_bytes, archive)
+        except TarScanError as error:
+            raise BundleError("too_large" if error.too_large else "not_a_bundle", f"{source}: {error}") from error
+        except _READ_ERRORS as error:
+            raise BundleError("not_a_bundle", f"{source} is not a readable tar archive: {error}") from error
+    return manifest_bytes, signature, manifest, unpacked
+
+
+def _read_head_member(reader: RawTarReader, name: str, limit: int, archive: Path) -> bytes:
+    """The next member, which must be the plain regular file `name` of at most `limit` bytes."""
+    position = "first" if name == MANIFEST_NAME else "second"
+    try:
+        member = reader.next_member(plain=True)
+        found = "nothing" if member is None else repr(member.name)
+    except TarScanError as error:
+        member, found = None, str(error)
+    if member is None or member.name != name or not member.is_regular:
+        reason = "not_a_bundle" if name == MANIFEST_NAME else "unsigned"
+        raise BundleError(
+            reason,
+            f"bundle {archive.name} has no {name} as its {position} member (found {found}); "
+            f"a bundle starts with {MANIFEST_NAME} and {SIGNATURE_NAME}",
+        )
+    if name == SIGNATURE_NAME and member.size != SIGNATURE_BYTES:
+        raise BundleError(
+            "bad_signature", f"{SIGNATURE_NAME} is {member.size} bytes; an Ed25519 signature is {SIGNATURE_BYTES}"
+        )
+    if member.size > limit:
+        raise BundleError("malformed_manifest", f"{name} is {member.size} bytes, over the {limit} limit")
+    return reader.read_data(member, limit)
+
+
+def _scan_rest(reader: RawTarReader, manifest: Manifest, max_unpacked_bytes: int, archive: Path) -> int:
+    """Walk the remaining headers: bounded in count and declared size; returns the bytes the files unpack to."""
+    allowed = len(manifest.files) + len(_folders_of(manifest.files)) + MAX_UNLISTED_MEMBERS
+    count = total = 0
+    while (member := reader.next_member()) is not None:
+        count += 1
+        if count > allowed:
+            raise BundleError(
+                "not_a_bundle",
+                f"bundle {archive.name} holds more than {allowed} members; its manifest lists "
+                f"{len(manifest.files)} files",
+            )
+        total += member.size if member.is_regular else 0
+        _check_unpacked_size(total, max_unpacked_bytes, archive)
+    return total
+
+
+def _folders_of(files: Iterable[str]) -> set[str]:
+    """Every folder above a listed file; a bundle may hold a member for each."""
+    return {str(parent) for name in files for parent in PurePosixPath(name).parents if str(parent) != "."}
 
 
 def install_bundle(
@@ -88,12 +164,15 @@ def install_bundle(
     trusted_keys: Sequence[Ed25519PublicKey],
     slot_dir: Path,
     max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
+    keep_free_bytes: int = 0,
 ) -> Manifest:
-    """Verify, then extract into a hidden sibling of `slot_dir` and rename it into place."""
+    """Verify, then extract into a hidden sibling of `slot_dir` and rename it into place; refused (`no_space`)
+    when the unpacked files would leave less than `keep_free_bytes` free on that disk."""
     slot_dir = Path(slot_dir)
     _check_slot_free(slot_dir)
     verified = verify_bundle(archive, trusted_keys, max_unpacked_bytes)
     slot_dir.parent.mkdir(parents=True, exist_ok=True)
+    _check_room(verified, slot_dir.parent, keep_free_bytes)
     staging = Path(tempfile.mkdtemp(prefix=f".{slot_dir.name}.installing-", dir=slot_dir.parent))
     try:
         _extract_verified(verified, staging)
@@ -138,11 +217,22 @@ def load_installed(slot_dir: Path, trusted_keys: Sequence[Ed25519PublicKey] | No
 def _open_archive(archive: Path) -> tarfile.TarFile:
     """A plain or gzip-compressed tar, opened for reading; anything else is not a bundle."""
     try:
-        with archive.open("rb") as raw:
-            compressed = raw.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
-        return tarfile.open(archive, "r:gz" if compressed else "r:")
+        return tarfile.open(archive, "r:gz" if _is_gzip(archive) else "r:")
     except _READ_ERRORS as error:
         raise BundleError("not_a_bundle", f"{archive} is not a readable tar archive: {error}") from error
+
+
+def _open_raw(archive: Path) -> BinaryIO:
+    """The archive's uncompressed tar stream, for the bounded header reader."""
+    try:
+        return gzip.open(archive, "rb") if _is_gzip(archive) else archive.open("rb")  # type: ignore[return-value]
+    except OSError as error:
+        raise BundleError("not_a_bundle", f"{archive} is not a readable tar archive: {error}") from error
+
+
+def _is_gzip(archive: Path) -> bool:
+    with archive.open("rb") as raw:
+        return raw.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
 
 
 def _safe_members(tar: tarfile.TarFile, archive: Path) -> dict[str, tarfile.TarInfo]:
@@ -172,11 +262,12 @@ def _safe_members(tar: tarfile.TarFile, archive: Path) -> dict[str, tarfile.TarI
     return files
 
 
-def _check_unpacked_size(members: dict[str, tarfile.TarInfo], max_bytes: int, archive: Path) -> None:
+def _check_unpacked_size(total: int, max_bytes: int, archive: Path) -> None:
     """Member sizes come from the headers; extraction never writes more than a header declares."""
-    total = sum(member.size for member in members.values())
     if total > max_bytes:
-        raise BundleError("too_large", f"bundle {archive.name} unpacks to {total} bytes, over the {max_bytes} limit")
+        raise BundleError(
+            "too_large", f"bundle {archive.name} unpacks to at least {total} bytes, over the {max_bytes} limit"
+        )
 
 
 def _iterate_members(tar: tarfile.TarFile, archive: Path) -> Iterator[tarfile.TarInfo]:
@@ -296,6 +387,19 @@ def _sha256_of_chunks(chunks: Iterator[bytes]) -> str:
 def _check_hash(name: str, expected: str, actual: str, source: str) -> None:
     if actual != expected:
         raise BundleError("hash_mismatch", f"{source}: {name} has sha256 {actual}, the manifest says {expected}")
+
+
+def _check_room(verified: VerifiedBundle, folder: Path, keep_free_bytes: int) -> None:
+    """The unpacked size is known from the member headers before a byte is written; the disk is shared with the
+    outbox, so an update must not take the space results need."""
+    free = shutil.disk_usage(folder).free
+    needed = verified.unpacked_bytes + _FILE_OVERHEAD_BYTES * len(verified.manifest.files)
+    if free - needed < keep_free_bytes:
+        raise BundleError(
+            "no_space",
+            f"bundle {verified.archive.name} unpacks to {verified.unpacked_bytes} bytes; {folder} has {free} free "
+            f"and must keep {keep_free_bytes} (updates.keep_free_bytes)",
+        )
 
 
 def _check_slot_free(slot_dir: Path) -> None:

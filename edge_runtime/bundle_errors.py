@@ -16,6 +16,7 @@ BundleErrorReason = Literal[
     "extra_file",
     "hash_mismatch",
     "too_large",
+    "no_space",
 ]
 BUNDLE_ERROR_REASONS: frozenset[str] = frozenset(get_args(BundleErrorReason))
 

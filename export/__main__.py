@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--password-file", type=Path, default=None, help="file holding the broker password")
     push.add_argument("--ca-file", type=Path, default=None, help="CA certificate: connect with TLS")
     push.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the device's outcome")
+    push.add_argument(
+        "--key",
+        type=Path,
+        default=None,
+        help="private site key: sign the command (devices with updates.signed_commands)",
+    )
     demo = commands.add_parser("demo", help="train, export and run the edge service on a conveyor stream, end to end")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder (run, bundle, overlays...)")
     demo.add_argument("--config", type=Path, default=Path("configs/train/demo.yaml"), help="YAML training config")
@@ -115,7 +121,12 @@ def _push(args: argparse.Namespace) -> int:
             raise ValueError("--bundle needs --url: where the device fetches it from")
         command, body = "install", install_request(args.bundle, args.url)
         print(f"installing {body['version']} (sha256 {body['sha256'][:12]}...) on {args.device}")
-    outcome = send_command(broker, device, command, body, args.timeout, lambda stage: print(f"  {stage}"))
+    sign_key = None
+    if args.key is not None:
+        from export.signing import load_private_key
+
+        sign_key = load_private_key(args.key)
+    outcome = send_command(broker, device, command, body, args.timeout, lambda stage: print(f"  {stage}"), sign_key)
     if not outcome.ok:
         print(f"refused: {outcome.reason or 'error'}: {outcome.detail}", file=sys.stderr)
         return 1

@@ -97,7 +97,9 @@ def _write_tar(
     folders: list[str],
     mtime: int,
 ) -> None:
-    """Manifest and signature first, then folders and files by path, with fixed metadata."""
+    """Manifest and signature first, then folders and files by path, with fixed metadata. The device reads the
+    first two members as plain headers (no pax header: short ASCII names, integer metadata) and checks the
+    signature before it parses anything else (edge_runtime.tar_scan)."""
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         tar.addfile(_member(MANIFEST_NAME, tarfile.REGTYPE, len(manifest_bytes), mtime), io.BytesIO(manifest_bytes))
         tar.addfile(_member(SIGNATURE_NAME, tarfile.REGTYPE, len(signature), mtime), io.BytesIO(signature))

@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_runtime.bundle import BundleError, sha256_of_file
 from edge_runtime.manifest import MANIFEST_NAME, Manifest
+from edge_runtime.service.signed_commands import signed_command
+from export.signing import sign
 
 
 class PushError(RuntimeError):
@@ -132,9 +135,13 @@ def send_command(
     body: dict[str, Any],
     timeout_s: float = 900.0,
     on_stage: Callable[[str], None] = lambda stage: None,
+    sign_key: Ed25519PrivateKey | None = None,
 ) -> PushOutcome:
-    """Send `cmd/<command>` with a request id and wait for the device's final answer to it."""
+    """Send `cmd/<command>` with a request id and wait for the device's final answer to it; with `sign_key`,
+    signed for this device as a device with updates.signed_commands requires."""
     request_id = body.setdefault("request_id", new_request_id())
+    if sign_key is not None:
+        body = signed_command(command, device.device_id, body, lambda data: sign(sign_key, data))
     exchange = _Exchange(broker, device, request_id, on_stage)
     try:
         exchange.client.connect(broker.host, broker.port, keepalive=30)

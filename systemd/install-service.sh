@@ -134,6 +134,7 @@ next_steps() {
 Before the first start, put these files in place (names as in $CONFIG_DIR/inspector.yaml):
   $CONFIG_DIR/model.tar         the signed bundle          install -m 0640 -g $SERVICE_USER BUNDLE.tar $CONFIG_DIR/model.tar
   $CONFIG_DIR/signer.pub.pem    the key that signed it     install -m 0640 -g $SERVICE_USER KEY.pub.pem $CONFIG_DIR/signer.pub.pem
+  $CONFIG_DIR/ca.pem            the broker's CA (TLS)      install -m 0640 -g $SERVICE_USER CA.pem $CONFIG_DIR/ca.pem
   $CONFIG_DIR/mqtt-password     the MQTT password, root only; systemd hands it to the service as a credential.
       Type it, then Enter and Ctrl-D:   install -m 0600 -o root -g root /dev/stdin $CONFIG_DIR/mqtt-password
 Set the camera, broker and device id in $CONFIG_DIR/inspector.yaml, then check it:

@@ -24,7 +24,12 @@ _SHOWN_PAYLOAD_CHARS = 200
 
 
 class CommandError(ValueError):
-    """A command that cannot be carried out; the message is the reason sent back."""
+    """A command that cannot be carried out; the message is the error sent back, with `reason` (a
+    machine-readable code) when there is one."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def part_id_of(body: dict[str, Any]) -> str:
@@ -89,7 +94,7 @@ class CommandRegistry:
                 raise CommandError(f"unknown command {name!r}; known commands: {known}")
             answer = handler(parse_body(payload))
         except CommandError as error:
-            self._refuse(name, payload, str(error))
+            self._refuse(name, payload, str(error), error.reason)
             return
         except Exception as error:  # a handler bug is answered too, and the service keeps running
             log.exception("command %s failed", name)
@@ -97,10 +102,12 @@ class CommandRegistry:
             return
         self.reply({"command": name, "ok": True, **answer})
 
-    def _refuse(self, name: str, payload: bytes, reason: str) -> None:
-        log.warning("command %s refused: %s", name, reason)
+    def _refuse(self, name: str, payload: bytes, error: str, reason: str | None = None) -> None:
+        log.warning("command %s refused: %s", name, error)
         shown = payload[:_SHOWN_PAYLOAD_CHARS].decode("utf-8", errors="replace")
-        answer = {"command": name, "ok": False, "error": reason, "payload": shown}
+        answer: dict[str, Any] = {"command": name, "ok": False, "error": error, "payload": shown}
+        if reason is not None:
+            answer["reason"] = reason
         request_id = _request_id_of(payload)
         if request_id is not None:  # lets the sender match the refusal to its request
             answer["request_id"] = request_id

@@ -16,11 +16,13 @@ from typing import Literal
 import numpy as np
 
 from edge_runtime.preprocess import ColorMode
+from edge_runtime.service.video_layout import FrameLayoutError, sample_to_array
 
 log = logging.getLogger(__name__)
 
 CameraState = Literal["connecting", "streaming", "lost", "stopped"]
 _PULL_TIMEOUT_NS = 100_000_000  # how often the pull loop looks at the bus and the stop flag
+_BAD_FRAME_LOG_EVERY = 100  # a camera sending only bad frames must not flood the log
 
 
 def _unwind_with_libgcc() -> None:
@@ -80,24 +82,6 @@ class CameraEvent:
     reason: str = ""
 
 
-def sample_to_array(sample, channels: int) -> np.ndarray:  # noqa: ANN001 - Gst.Sample
-    """Copy a GRAY8/RGB sample into an HxW or HxWx3 array, dropping the row padding GStreamer adds."""
-    structure = sample.get_caps().get_structure(0)
-    width, height = structure.get_value("width"), structure.get_value("height")
-    buffer = sample.get_buffer()
-    ok, mapped = buffer.map(_gst().MapFlags.READ)
-    if not ok:
-        raise RuntimeError("cannot map a video buffer")
-    try:
-        data = np.frombuffer(mapped.data, dtype=np.uint8)
-        stride = data.size // height
-        rows = data[: stride * height].reshape(height, stride)[:, : width * channels]
-        image = rows.reshape(height, width, channels) if channels > 1 else rows
-        return image.copy()
-    finally:
-        buffer.unmap(mapped)
-
-
 class FrameSource:
     """Keeps the newest frame in a one-slot mailbox; a frame replaced before anyone took it counts as dropped."""
 
@@ -117,6 +101,8 @@ class FrameSource:
         self.count_drops = True
         self.frames_in = 0
         self.dropped = 0
+        self.bad_frames = 0  # buffers that do not hold the frame their caps describe; skipped
+        self.last_bad_frame: str | None = None
         self.reconnects = 0
         self.state: CameraState = "stopped"
         self._latest: Frame | None = None
@@ -201,9 +187,8 @@ class FrameSource:
             while not self._stop.is_set():
                 sample = sink.emit("try-pull-sample", _PULL_TIMEOUT_NS)
                 if sample is not None:
-                    buffer = sample.get_buffer()
-                    pts = buffer.pts / Gst.SECOND if buffer.pts != Gst.CLOCK_TIME_NONE else None
-                    self._deliver(sample_to_array(sample, self.channels), pts)
+                    if not self._take(sample):
+                        continue
                     last_frame = time.monotonic()
                     if not delivered:
                         delivered = True
@@ -213,10 +198,32 @@ class FrameSource:
                 if problem:
                     return delivered, problem
                 if time.monotonic() - last_frame > self.frame_timeout_s:
-                    return delivered, f"no frame for {self.frame_timeout_s:g} s"
+                    return delivered, self._no_frame_reason()
             return delivered, "stopped"
         finally:
             pipeline.set_state(Gst.State.NULL)
+
+    def _take(self, sample) -> bool:  # noqa: ANN001 - Gst.Sample
+        """Deliver a sample's frame; a buffer that does not hold its frame is counted and skipped, so one bad
+        buffer costs one frame, not the pipeline."""
+        Gst = _gst()
+        buffer = sample.get_buffer()
+        pts = buffer.pts / Gst.SECOND if buffer.pts != Gst.CLOCK_TIME_NONE else None
+        try:
+            image = sample_to_array(sample, self.channels)
+        except FrameLayoutError as error:
+            self.bad_frames += 1
+            self.last_bad_frame = str(error)
+            if self.bad_frames % _BAD_FRAME_LOG_EVERY == 1:
+                log.warning("bad frame skipped (%d so far): %s", self.bad_frames, error)
+            return False
+        self.last_bad_frame = None
+        self._deliver(image, pts)
+        return True
+
+    def _no_frame_reason(self) -> str:
+        reason = f"no frame for {self.frame_timeout_s:g} s"
+        return f"{reason} (last bad frame: {self.last_bad_frame})" if self.last_bad_frame else reason
 
     @staticmethod
     def _bus_error(bus) -> str | None:  # noqa: ANN001 - Gst.Bus

@@ -137,13 +137,15 @@ class ModelStore:
         sha256: str,
         trusted_keys: Sequence[Ed25519PublicKey],
         max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
+        keep_free_bytes: int = 0,
     ) -> UnpackedSlot:
-        """Verify and unpack `archive` into a new slot. An existing slot of the same archive is reused when it
-        still verifies; a damaged one (a changed, missing or extra byte on disk) is replaced by the fresh copy."""
+        """Verify and unpack `archive` into a new slot, leaving `keep_free_bytes` free (else `no_space`). An
+        existing slot of the same archive is reused when it still verifies; a damaged one (a changed, missing or
+        extra byte on disk) is replaced by the fresh copy."""
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=self.root))
         try:
-            manifest = install_bundle(archive, trusted_keys, staging / "slot", max_unpacked_bytes)
+            manifest = install_bundle(archive, trusted_keys, staging / "slot", max_unpacked_bytes, keep_free_bytes)
             slot = self.root / slot_name(manifest.model_version, sha256)
             damage = self._damage_of(slot, trusted_keys) if slot.is_dir() else None
             if slot.is_dir() and damage is None:

@@ -366,7 +366,7 @@ def _unpack(
     store: ModelStore, archive: Path, sha256: str, keys: Sequence[Ed25519PublicKey], limits: DownloadLimits
 ) -> tuple[Path, Manifest]:
     try:
-        unpacked = store.install(archive, sha256, keys, limits.max_unpacked_bytes)
+        unpacked = store.install(archive, sha256, keys, limits.max_unpacked_bytes, limits.keep_free_bytes)
     except BundleError as error:
         raise UpdateRefused(error.reason, error.detail) from error
     return unpacked.path, unpacked.manifest

@@ -6,6 +6,7 @@ threads, on demand and once per part."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -15,10 +16,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from edge_runtime.service.bounded_http import CLIENT_GONE, BoundedHTTPServer, BoundedRequestHandler
 from edge_runtime.service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edge_runtime.service.metrics import HistogramSnapshot, LatencyHistogram, MetricsSample, render_metrics
 from edge_runtime.service.operator_page import PAGE_HTML
@@ -192,7 +193,7 @@ class OperatorView:
         self.clock = clock
         self.parts = PartLog(config.recent_parts)
         self.overlays = OverlayCache(service.config.heatmaps.jpeg_quality)
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _ViewServer | None = None
         self._thread: threading.Thread | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------
@@ -200,7 +201,10 @@ class OperatorView:
     def start(self) -> None:
         """Bind (raises OSError when the address is taken) and serve; registers the service listeners."""
         server_class = _ViewServerV6 if ":" in self.config.host else _ViewServer
-        self._server = server_class((self.config.host, self.config.port), _Handler)
+        config = self.config
+        self._server = server_class(
+            (config.host, config.port), _Handler, config.max_connections, config.request_timeout_s
+        )
         self._server.view = self
         self._thread = threading.Thread(target=self._server.serve_forever, name="operator-view", daemon=True)
         self._thread.start()
@@ -309,8 +313,7 @@ class OperatorView:
         return publisher is not None and publisher.connected.is_set()
 
 
-class _ViewServer(ThreadingHTTPServer):
-    daemon_threads = True  # a browser holding a connection open must not delay the service's exit
+class _ViewServer(BoundedHTTPServer):
     view: OperatorView
 
 
@@ -318,23 +321,24 @@ class _ViewServerV6(_ViewServer):
     address_family = socket.AF_INET6
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedRequestHandler):
     server: _ViewServer
     server_version = "d3ad-operator-view"
 
     def do_GET(self) -> None:
         route = _ROUTES.get(urlsplit(self.path).path)
-        if route is None:
-            self._send(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", b"not found\n")
-            return
         try:
+            if route is None:
+                self._send(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", b"not found\n")
+                return
             route(self)
+        except CLIENT_GONE as error:  # the browser closed the tab or a scraper gave up: nothing to answer
+            log.info("operator view: client %s went away during %s: %s", self.address_string(), self.path, error)
+            self.close_connection = True
         except Exception:  # e.g. a scrape racing the shutdown: one failed request, never a dead server
             log.exception("operator view: %s failed", self.path)
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", b"internal error\n")
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
-        log.debug("operator view %s: " + format, self.address_string(), *args)
+            with contextlib.suppress(*CLIENT_GONE):
+                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", b"internal error\n")
 
     def _send(self, status: HTTPStatus, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)

@@ -40,8 +40,10 @@ from edge_runtime.service.outbox import Outbox, open_outbox
 from edge_runtime.service.plc_links import PlcLinks
 from edge_runtime.service.publisher import Publisher
 from edge_runtime.service.service_config import ServiceConfig
+from edge_runtime.service.signed_commands import RECORD_FILE, CommandVerifier
 from edge_runtime.service.stats import Stats
 from edge_runtime.service.systemd_notify import SystemdLink, attach_systemd
+from edge_runtime.service.triggers import QueueClosed, Trigger, TriggerQueue, unserved_reply
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +67,6 @@ class InspectedPart:
         """The heatmap overlay at model size (where the map and boxes live), drawn with the judging model."""
         model_image = to_uint8_image(self.inspector.prepare(self.frame.image))
         return heatmap_jpeg(model_image, self.result, self.inspector.calibration.pixel_threshold, quality)
-
-
-@dataclass(frozen=True)
-class Trigger:
-    part_id: str
-    received: float  # time.monotonic(); the frame inspected must be newer than this
 
 
 def new_boot_id() -> str:
@@ -109,8 +105,11 @@ class Service:
         self.commands.register("pause", self._cmd_pause)
         self.commands.register("resume", self._cmd_resume)
         self.commands.register("status", self._cmd_status)
-        self.commands.register("install", lambda body: self._updater().command_install(body))
-        self.commands.register("rollback", lambda body: self._updater().command_rollback(body))
+        self.commands.register("install", lambda body: self._updater().command_install(self._opened("install", body)))
+        self.commands.register(
+            "rollback", lambda body: self._updater().command_rollback(self._opened("rollback", body))
+        )
+        self.command_verifier: CommandVerifier | None = None  # set by run() when updates.signed_commands
         # Observers (operator view, systemd notifier) plug in here; the frame loop does not know them.
         # Result listeners run in the frame thread after each part is stored, tick listeners every loop turn
         # (at least every 0.2 s); both must be quick and must not raise.
@@ -122,7 +121,8 @@ class Service:
         self.started = threading.Event()
         self._paused = threading.Event()
         self._stop = threading.Event()
-        self._triggers: queue.Queue[Trigger] = queue.Queue(maxsize=config.mode.trigger_queue)
+        # A trigger's deadline runs from its arrival: the part it names passes the camera meanwhile.
+        self._triggers = TriggerQueue(config.mode.trigger_queue, config.camera.frame_timeout_s)
 
     def part_id(self, counter: int) -> str:
         return f"{self.config.mqtt.device_id}-{self.boot_id}-{counter}"
@@ -169,6 +169,11 @@ class Service:
                 state = ModelState()
             policy.start(state)
         updates = self.config.updates
+        if updates.signed_commands:
+            command_keys = load_trusted_keys(updates.command_keys) if updates.command_keys else keys
+            record = self.config.state_dir / RECORD_FILE
+            device = self.config.mqtt.device_id
+            self.command_verifier = CommandVerifier(command_keys, device, updates.command_max_age_s, record)
         limits = DownloadLimits(
             updates.max_bundle_bytes,
             updates.download_timeout_s,
@@ -190,6 +195,14 @@ class Service:
             self._reply,
             policy,
         )
+
+    def _opened(self, command: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The command body to act on: as sent, or, with updates.signed_commands, verified out of its envelope."""
+        if not self.config.updates.signed_commands:
+            return body
+        if self.command_verifier is None:
+            raise CommandError("signed commands are not ready yet", "unsigned")
+        return self.command_verifier.open(command, body)
 
     def _updater(self) -> ModelUpdater:
         if self.updater is None or not self.config.updates.enabled:
@@ -285,27 +298,30 @@ class Service:
             self._inspect(frame, self.part_id(self.produced))
 
     def _serve_trigger(self, stopping: Callable[[], bool]) -> None:
-        assert self.source is not None
-        try:
-            trigger = self._triggers.get(timeout=_IDLE_WAIT_S)
-        except queue.Empty:
+        trigger = self._triggers.get(timeout=_IDLE_WAIT_S)
+        if trigger is None:
             return
-        frame = self._frame_after(trigger.received, self.config.camera.frame_timeout_s, stopping)
+        if stopping():
+            self._reply(unserved_reply(trigger, "stopped"))
+            return
+        if trigger.remaining() <= 0:
+            self._reply(unserved_reply(trigger, "expired"))
+            return
+        frame = self._frame_after(trigger, stopping)
         if frame is None:
-            reason = f"no frame arrived within {self.config.camera.frame_timeout_s:g} s of the trigger"
-            self._reply({"command": "trigger", "ok": False, "part_id": trigger.part_id, "error": reason})
+            self._reply(unserved_reply(trigger, "stopped" if stopping() else "no_frame"))
             return
         self._inspect(frame, trigger.part_id)
 
-    def _frame_after(self, received: float, timeout_s: float, stopping: Callable[[], bool]) -> Frame | None:
-        """Wait for a frame newer than `received` in short slices, so the loop keeps ticking (watchdog, health)."""
+    def _frame_after(self, trigger: Trigger, stopping: Callable[[], bool]) -> Frame | None:
+        """A frame newer than the trigger, taken before its deadline; waits in short slices, so the loop keeps
+        ticking (watchdog, health)."""
         assert self.source is not None
-        deadline = time.monotonic() + timeout_s
         while not stopping():
-            remaining = deadline - time.monotonic()
+            remaining = trigger.remaining()
             if remaining <= 0:
                 return None
-            frame = self.source.take(after=received, timeout=min(_IDLE_WAIT_S, remaining))
+            frame = self.source.take(after=trigger.received, timeout=min(_IDLE_WAIT_S, remaining))
             if frame is not None:
                 return frame
             self._notify(self.tick_listeners)
@@ -383,6 +399,8 @@ class Service:
         if self.source is not None:
             self.source.stop()
         self.plc_links.stop()
+        for trigger in self._triggers.close():  # before the publisher goes: every trigger gets an answer
+            self._reply(unserved_reply(trigger, "stopped"))
         if self.publisher is not None:
             self.publish_status()
             self.publisher.stop()
@@ -445,7 +463,7 @@ class Service:
             dropped=source.dropped if source else 0,
             outbox_depth=outbox.depth() if outbox else 0,
             outbox_dropped=outbox.dropped() if outbox else 0,
-        ) | {"camera_reconnects": source.reconnects if source else 0}
+        ) | {"camera_reconnects": source.reconnects if source else 0, "bad_frames": source.bad_frames if source else 0}
 
     def publish_stats(self) -> None:
         if self.publisher is not None:
@@ -473,9 +491,11 @@ class Service:
         if self._paused.is_set():
             raise CommandError("inspection is paused; send resume first")
         try:
-            self._triggers.put_nowait(Trigger(part_id, time.monotonic()))
+            self._triggers.put(part_id)
         except queue.Full as error:
             raise CommandError(f"{self._triggers.maxsize} triggers are already waiting") from error
+        except QueueClosed as error:
+            raise CommandError(str(error)) from error
         return {"part_id": part_id}
 
     def _cmd_pause(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -192,6 +192,15 @@ class UpdatesConfig(StrictModel):
         256 * 1024**2, ge=0, description="free space an update must leave on the state disk (for the outbox)"
     )
     fallback: FallbackConfig = FallbackConfig()
+    signed_commands: bool = Field(
+        False, description="cmd/install and cmd/rollback must be signed by a site key (python -m export push --key)"
+    )
+    command_keys: list[Path] = Field(
+        [], description="public keys that may sign commands; empty: the bundle.trusted_keys that sign bundles"
+    )
+    command_max_age_s: float = Field(
+        600.0, gt=0.0, le=86400.0, description="signed commands issued longer ago (or ahead) by the device clock"
+    )
 
 
 class OperatorViewConfig(StrictModel):
@@ -205,6 +214,12 @@ class OperatorViewConfig(StrictModel):
     refresh_s: float = Field(0.5, ge=0.1, le=60.0, description="how often the page asks for new state")
     healthz_stale_s: float = Field(
         10.0, gt=0.0, description="/healthz fails when the frame loop has not turned for this long"
+    )
+    max_connections: int = Field(
+        16, ge=1, le=1024, description="requests served at once (a thread each); more are answered 503"
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0.0, le=300.0, description="socket timeout of each request: a half-sent one is dropped after it"
     )
 
 
@@ -274,6 +289,7 @@ def file_problems(config: ServiceConfig) -> list[str]:
         ("updates.ca_file", config.updates.ca_file, False),
     ]
     wanted += [(f"bundle.trusted_keys.{i}", key, False) for i, key in enumerate(config.bundle.trusted_keys)]
+    wanted += [(f"updates.command_keys.{i}", key, False) for i, key in enumerate(config.updates.command_keys)]
     if config.opcua.enabled:
         wanted += [(key, path, False) for key, path in config.opcua.files()]
     if config.mqtt.tls is not None:

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import tarfile
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -338,6 +339,124 @@ def test_bundle_that_unpacks_beyond_the_limit(tmp_path: Path, key: Ed25519Privat
     assert caught.value.reason == "too_large" and "over the 32768 limit" in str(caught.value)
     assert not (tmp_path / "slot").exists()
     assert verify_bundle(archive, keys).manifest is not None, "the default limit takes it"
+
+
+# Header bounds: the signed manifest is read first, and no header is parsed unbounded
+
+
+def signed_head(tar: tarfile.TarFile, key: Ed25519PrivateKey, payload: dict[str, bytes] = PAYLOAD) -> None:
+    """A genuine signed manifest and signature, as anyone holding one real bundle could copy them."""
+    manifest = encode(manifest_dict(payload))
+    add_file(tar, "manifest.json", manifest)
+    add_file(tar, "manifest.sig", key.sign(manifest))
+
+
+def add_with_pax(tar: tarfile.TarFile, name: str, data: bytes, pax: dict[str, str]) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.pax_headers = pax
+    tar.addfile(info, io.BytesIO(data))
+
+
+def peak_bytes_while(call: Callable[[], object]) -> int:
+    """Peak memory Python allocated while `call` ran (its exceptions propagate)."""
+    tracemalloc.start()
+    try:
+        call()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+BOMB_BYTES = 32 * 1024 * 1024
+
+
+@pytest.mark.parametrize("head", ["none", "signed"], ids=["before_the_manifest", "after_a_signed_manifest"])
+def test_pax_header_bomb_is_refused_in_bounded_memory(
+    tmp_path: Path, key: Ed25519PrivateKey, keys: list, head: str
+) -> None:
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        if head == "signed":
+            signed_head(tar, key)
+        add_with_pax(tar, "models/encoder.bin", PAYLOAD["models/encoder.bin"], {"comment": "A" * BOMB_BYTES})
+    assert archive.stat().st_size < BOMB_BYTES // 100, "a small archive"
+    reason = "not_a_bundle" if head == "none" else "too_large"
+    messages: list[str] = []
+    peak = peak_bytes_while(lambda: messages.append(reject(archive, keys, reason)))
+    assert peak < 4 * 1024 * 1024, f"peak {peak} bytes while refusing a {archive.stat().st_size} byte archive"
+    expected = "no manifest.json as its first member" if head == "none" else "over the 65536 limit"
+    assert expected in messages[0]
+
+
+def test_gnu_long_name_bomb_is_refused(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    archive = tmp_path / "longname.tar"
+    with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT) as tar:
+        signed_head(tar, key)
+        add_file(tar, "models/" + "n" * (1024 * 1024), b"x")
+    assert "type 'L'" in reject(archive, keys, "too_large")
+
+
+def test_chain_of_pax_headers_is_refused(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    """tarfile follows a chain of extended headers by recursion; thousands of them would crash it."""
+    one = tmp_path / "one.tar"
+    with tarfile.open(one, "w", format=tarfile.PAX_FORMAT) as tar:
+        add_with_pax(tar, "models/encoder.bin", b"", {"comment": "c"})
+    pax_blocks = one.read_bytes()[:1024]  # the 'x' header and its one data block
+    head = tmp_path / "head.tar"
+    with tarfile.open(head, "w") as tar:
+        signed_head(tar, key)
+    head_bytes = head.read_bytes()
+    head_bytes = head_bytes[: head_bytes.rindex(key.sign(encode(manifest_dict(PAYLOAD)))) + 512]
+    archive = tmp_path / "chain.tar"
+    archive.write_bytes(head_bytes + pax_blocks * 5000 + one.read_bytes()[1024:])
+    assert "extended headers in a row" in reject(archive, keys, "not_a_bundle")
+
+
+def test_pax_size_override_is_refused(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    """A pax `size` moves where the next header starts; the header walk and tarfile could then disagree."""
+    archive = tmp_path / "size.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        signed_head(tar, key)
+        add_with_pax(tar, "models/encoder.bin", PAYLOAD["models/encoder.bin"], {"size": "1"})
+    assert "'size'" in reject(archive, keys, "not_a_bundle")
+
+
+def test_manifest_must_be_the_first_member(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    manifest = encode(manifest_dict(PAYLOAD))
+    archive = tmp_path / "late.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in PAYLOAD.items():
+            add_file(tar, name, data)
+        add_file(tar, "manifest.json", manifest)
+        add_file(tar, "manifest.sig", key.sign(manifest))
+    message = reject(archive, keys, "not_a_bundle")
+    assert "first member" in message and "models/encoder.xml" in message
+
+
+def test_many_members_the_manifest_does_not_list_are_refused(
+    tmp_path: Path, key: Ed25519PrivateKey, keys: list
+) -> None:
+    def folders(tar: tarfile.TarFile) -> None:
+        for index in range(100):  # more than the allowance for members the manifest does not list
+            add_special(tar, f"stray{index}", tarfile.DIRTYPE)
+
+    archive = write_archive(tmp_path / "stray.tar", key, extra=folders)
+    assert "more than" in reject(archive, keys, "not_a_bundle")
+
+
+def test_long_paths_with_small_pax_headers_still_verify(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
+    long_name = "reference/" + "long-name-" * 20 + ".png"
+    payload = {**PAYLOAD, long_name: b"a reference image"}
+    archive = tmp_path / "long.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        signed_head(tar, key, payload)
+        for name, data in payload.items():
+            add_file(tar, name, data)
+    verified = verify_bundle(archive, keys)
+    assert long_name in verified.manifest.files
+    assert verified.unpacked_bytes == sum(len(data) for data in payload.values())
 
 
 # Manifest schema

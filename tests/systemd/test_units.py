@@ -133,6 +133,23 @@ def test_site_config_matches_the_unit():
     assert all(key.is_relative_to("/etc/d3ad-inspector") for key in config.bundle.trusted_keys)
 
 
+def test_site_config_talks_tls_to_the_broker_and_validates_like_any_config():
+    import yaml
+
+    from edge_runtime.service.service_config import file_problems, parse_config
+
+    config = parse_config(yaml.safe_load(SITE_CONFIG.read_text()), str(SITE_CONFIG))
+    assert config.mqtt.port == 8883 and config.mqtt.tls is not None, "TLS is the site default"
+    assert config.mqtt.tls.ca_file == Path("/etc/d3ad-inspector/ca.pem")
+    assert config.mqtt.password_file is None, "the password comes as a systemd credential, not a file"
+    assert config.updates.signed_commands is False, "offered, and named in the file so a site sees it"
+    # On a machine that is not an installed device, the files the site places in /etc are the only problems.
+    problems = file_problems(config)
+    assert all("/etc/d3ad-inspector/" in problem for problem in problems), problems
+    if not Path("/etc/d3ad-inspector/ca.pem").is_file():
+        assert "mqtt.tls.ca_file: file /etc/d3ad-inspector/ca.pem does not exist" in problems
+
+
 def run_install(*arguments: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", str(INSTALL_SCRIPT), *arguments], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -36,3 +37,33 @@ def test_nesting_within_the_limit_is_accepted():
     depth = MAX_NESTING - 1
     registry.dispatch("status", b'{"x": ' + b"[" * depth + b"]" * depth + b"}")
     assert replies == [{"command": "status", "ok": True}]
+
+
+def test_a_signed_command_is_accepted_once_even_across_restarts(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge_runtime.service.commands import CommandError
+    from edge_runtime.service.signed_commands import CommandVerifier, signed_command
+
+    key = Ed25519PrivateKey.generate()
+    record = tmp_path / "state" / "commands.json"
+    envelope = signed_command("rollback", "cam1", {"request_id": "r1"}, key.sign)
+    assert envelope["request_id"] == "r1", "outside too, to match a refusal"
+    first = CommandVerifier([key.public_key()], "cam1", 600, record)
+    assert first.open("rollback", envelope) == {"request_id": "r1"}
+
+    def refusal(verifier: CommandVerifier, command: str, sent: dict) -> str | None:
+        with pytest.raises(CommandError) as refused:
+            verifier.open(command, sent)
+        return refused.value.reason
+
+    assert refusal(first, "rollback", envelope) == "replayed"
+    restarted = CommandVerifier([key.public_key()], "cam1", 600, record)
+    assert refusal(restarted, "rollback", envelope) == "replayed", "the last accepted command is kept on disk"
+    newer = signed_command("rollback", "cam1", {}, key.sign, now_s=time.time() + 1)
+    assert restarted.open("rollback", newer) == {}
+
+    tampered = dict(signed_command("rollback", "cam1", {}, key.sign))
+    tampered["signed"] = signed_command("rollback", "cam9", {}, key.sign)["signed"]  # someone else's body
+    assert refusal(restarted, "rollback", tampered) == "bad_signature"
+    assert refusal(restarted, "rollback", {"request_id": "r2"}) == "unsigned"

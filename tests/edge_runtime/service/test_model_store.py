@@ -206,3 +206,21 @@ def test_the_configured_archive_may_be_older_than_the_minimum_which_stays(bundle
     policy = BundlePolicy(v1, store.root)
     assert load_startup_model(v1, store, keys_loaded, OPTIONS, policy).inspector.model_version == "1.0.0"
     assert policy.minimum_text() == "2.0.0", "cmd/install still cannot bring anything older than 2.0.0"
+
+
+def test_unpacking_that_would_leave_too_little_free_space_is_refused_before_writing(bundle, keys, small_disk):
+    from edge_runtime.bundle import BundleError, verify_bundle
+
+    trusted = load_trusted_keys([keys[1]])
+    unpacked = verify_bundle(bundle[0], trusted).unpacked_bytes
+    store = ModelStore(small_disk.path / "models")
+    free = shutil.disk_usage(small_disk.path).free
+    keep = max(0, free - unpacked // 2)  # the files would fit on the disk, but not leave `keep` free
+    with pytest.raises(BundleError) as refused:
+        store.install(bundle[0], "a" * 64, trusted, keep_free_bytes=keep)
+    assert refused.value.reason == "no_space" and f"must keep {keep}" in str(refused.value)
+    assert [entry.name for entry in store.root.iterdir()] == [], "nothing was unpacked, no staging folder is left"
+    assert shutil.disk_usage(small_disk.path).free >= free - 64 * 1024
+    if unpacked + 512 * 1024 < free:  # the tiny bundle fits the 2 MiB disk: with room kept for it, it installs
+        installed = store.install(bundle[0], "a" * 64, trusted, keep_free_bytes=64 * 1024)
+        assert installed.path.is_dir() and installed.manifest.files

@@ -4,10 +4,14 @@ and its config. Recorded parts stream through a real GStreamer pipeline to a rea
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
+import struct
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -22,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge_runtime.service.operator_view import OperatorView, assess_health
 from edge_runtime.service.service import Service
 from edge_runtime.service.service_config import ConfigError, parse_config
+from tests.edge_runtime.service.conftest import wait_until
 
 FPS = 4  # recorded parts play at this rate
 WINDOW = (1280, 900)
@@ -320,3 +325,65 @@ def test_view_binds_to_localhost_by_default_and_a_taken_port_costs_only_the_view
 def test_healthz_fails_when_results_cannot_go_out():
     health = assess_health("running", 10.0, 12.0, 5.0, "the publisher thread has ended")
     assert not health.healthy and health.reason == "the publisher thread has ended"
+
+
+def half_sent_requests(port: int, count: int) -> list[socket.socket]:
+    """Connections that send the start of a request and never finish it (a slow or hostile client)."""
+    opened = []
+    for _ in range(count):
+        connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+        connection.sendall(b"GET /state.json HTTP/1.1\r\nHost: device\r\n")
+        opened.append(connection)
+    return opened
+
+
+def answer_of(connection: socket.socket) -> bytes:
+    """What the server sent before it closed: the refusal, or nothing when it dropped the request."""
+    with connection:
+        return connection.recv(100)
+
+
+def test_connections_are_bounded_and_half_sent_requests_time_out(tmp_path):
+    service = unstarted_service(tmp_path, enabled=True, port=0, max_connections=4, request_timeout_s=1.0)
+    view = OperatorView(service, service.config.operator_view)
+    before = threading.active_count()
+    view.start()
+    try:
+        stalled = half_sent_requests(view.port, 30)
+        time.sleep(0.3)
+        assert threading.active_count() - before <= 4 + 1, "a thread per slot, plus the accepting thread"
+        busy = get(view.url + "healthz")
+        assert busy.status == 503 and busy.body == b"busy\n"
+
+        started = time.monotonic()
+        answers = [answer_of(connection) for connection in stalled]
+        assert time.monotonic() - started < 3.0, "every half-sent request ended within its 1 s timeout"
+        refused = sum(answer.startswith(b"HTTP/1.0 503") for answer in answers)
+        assert refused >= 26 and answers.count(b"") == 30 - refused, answers
+        wait_until(lambda: threading.active_count() - before <= 1, 5, "the handler threads to end")
+        assert get(view.url + "healthz").headers["Content-Type"] == "application/json", "it serves again"
+    finally:
+        view.stop()
+
+
+def test_a_client_hanging_up_mid_request_or_response_is_one_log_line(tmp_path, caplog, capfd):
+    service = unstarted_service(tmp_path, enabled=True, port=0)
+    view = OperatorView(service, service.config.operator_view)
+    view.start()
+    caplog.set_level(logging.INFO)
+    try:
+        for _ in range(40):
+            connection = socket.create_connection(("127.0.0.1", view.port), timeout=5)
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            connection.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            # Close with a reset (linger 0): the server's next read or write of this socket fails.
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.close()
+        time.sleep(0.5)
+        assert b"<title>D3AD operator view</title>" in get(view.url).body, "it serves on"
+    finally:
+        view.stop()
+    assert "Traceback" not in capfd.readouterr().err
+    assert [record for record in caplog.records if record.exc_info] == []
+    gone = [record.getMessage() for record in caplog.records if "went away" in record.getMessage()]
+    assert all("\n" not in message for message in gone)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import cv2
@@ -154,3 +155,100 @@ def test_the_loop_keeps_turning_while_a_trigger_waits_for_its_frame(broker, list
     during = [t for t in turns if t > asked]
     assert len(during) >= 8, f"{len(during)} loop turns in the 2 s wait"
     assert max(b - a for a, b in zip(during, during[1:], strict=False)) < 1.0
+
+
+class HeldLoop:
+    """Holds the service's frame loop in a tick listener, as a long inspection or a stalled disk would."""
+
+    def __init__(self, service) -> None:  # noqa: ANN001
+        self.release = threading.Event()
+        self.holding = threading.Event()
+        service.tick_listeners.append(self._hold)
+
+    def _hold(self) -> None:
+        if not self.release.is_set():
+            self.holding.set()
+            self.release.wait(30)
+
+
+def trigger_replies(listener, part_id: str) -> list[dict]:  # noqa: ANN001
+    return [r for r in listener.payloads("/reply") if r.get("part_id") == part_id and not r["ok"]]
+
+
+def test_a_trigger_whose_deadline_passed_while_it_waited_is_answered_expired(broker, listen, make_config, run_service):
+    listener = listen(broker.port, "test")
+    camera = {"frame_timeout_s": 1}
+    service = run_service(make_config(broker.port, mode={"kind": "triggered"}, camera=camera))
+    listener.wait_for(lambda: service.source.frames_in > 0, 15, "frames")
+    held = HeldLoop(service)
+    listener.wait_for(held.holding.is_set, 5, "the loop to be held")
+    for part_id in ("P-a", "P-b"):
+        listener.publish("test/cam1/cmd/trigger", json.dumps({"part_id": part_id}))
+    time.sleep(1.5)  # past their 1 s deadline while they wait; the camera keeps delivering frames
+    held.release.set()
+    listener.wait_for(lambda: trigger_replies(listener, "P-b"), 10, "the second trigger's answer")
+
+    for part_id in ("P-a", "P-b"):
+        (reply,) = trigger_replies(listener, part_id)
+        assert reply["reason"] == "expired" and "past its 1 s deadline" in reply["error"], reply
+    assert listener.payloads("/result") == [], "no verdict on a frame taken after the part had passed"
+    listener.publish("test/cam1/cmd/trigger", json.dumps({"part_id": "P-c"}))
+    listener.wait_for(lambda: listener.payloads("/result"), 10, "a fresh trigger's result")
+    assert [r["part_id"] for r in listener.payloads("/result")] == ["P-c"]
+
+
+def test_a_trigger_waits_for_its_frame_only_until_its_own_deadline(broker, listen, make_config, run_service):
+    listener = listen(broker.port, "test")
+    # Five frames, then end of stream and a long reconnect pause: no frame comes for the trigger.
+    pipeline = "videotestsrc is-live=true num-buffers=5 ! video/x-raw,width=160,height=120,framerate=10/1"
+    camera = {"pipeline": pipeline, "frame_timeout_s": 3, "reconnect_min_s": 30, "reconnect_max_s": 30}
+    service = run_service(make_config(broker.port, mode={"kind": "triggered"}, camera=camera))
+    listener.wait_for(lambda: service.source.frames_in >= 5, 15, "the camera's five frames")
+    held = HeldLoop(service)
+    listener.wait_for(held.holding.is_set, 5, "the loop to be held")
+    sent = time.monotonic()
+    listener.publish("test/cam1/cmd/trigger", json.dumps({"part_id": "P-late"}))
+    time.sleep(2.0)
+    held.release.set()
+    listener.wait_for(lambda: trigger_replies(listener, "P-late"), 10, "the trigger's answer")
+    answered = time.monotonic() - sent
+    assert answered < 4.3, f"answered {answered:.1f} s after it was sent: its 3 s run from its arrival"
+    (reply,) = trigger_replies(listener, "P-late")
+    assert reply["reason"] == "no_frame", reply
+
+
+def test_triggers_still_waiting_at_stop_are_answered_stopped(broker, listen, make_config, run_service):
+    listener = listen(broker.port, "test")
+    service = run_service(make_config(broker.port, mode={"kind": "triggered"}))
+    listener.wait_for(lambda: service.source.frames_in > 0, 15, "frames")
+    held = HeldLoop(service)
+    listener.wait_for(held.holding.is_set, 5, "the loop to be held")
+    for part_id in ("P-s1", "P-s2"):
+        listener.publish("test/cam1/cmd/trigger", json.dumps({"part_id": part_id}))
+    listener.wait_for(lambda: len([r for r in listener.payloads("/reply") if r["ok"]]) >= 2, 5, "the acks")
+    service.stop()
+    held.release.set()
+    listener.wait_for(lambda: trigger_replies(listener, "P-s2"), 10, "the answers at stop")
+    for part_id in ("P-s1", "P-s2"):
+        (reply,) = trigger_replies(listener, part_id)
+        assert reply["reason"] == "stopped", reply
+    assert listener.payloads("/result") == []
+
+
+def test_a_trigger_sent_while_the_device_is_offline_is_served_after_it_reconnects(
+    broker, listen, make_config, run_service
+):
+    listener = listen(broker.port, "test")
+    raw = make_config(broker.port, mode={"kind": "triggered"})
+    first = run_service(raw)
+    listener.wait_for(lambda: first.publisher.connected.is_set(), 10, "the device to connect")
+    first.stop()
+    listener.wait_for(lambda: not first.publisher.connected.is_set(), 10, "the device to disconnect")
+    time.sleep(0.3)  # the broker has seen the DISCONNECT
+    listener.publish("test/cam1/cmd/trigger", json.dumps({"part_id": "P-offline"}))  # nobody is subscribed now
+
+    second = run_service(raw)  # same client id: the broker hands over the session it kept
+    listener.wait_for(lambda: listener.payloads("/result"), 20, "the queued trigger's result")
+    (result,) = listener.payloads("/result")
+    assert result["part_id"] == "P-offline"
+    assert second.boot_id != first.boot_id
