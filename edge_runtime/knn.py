@@ -101,13 +101,16 @@ class KnnMemory:
         """The vectors stored in (and queried against) this memory for one image."""
         return describe(self.mode, stage_maps, self.projection)
 
-    def severity(self, stage_maps: Sequence[np.ndarray]) -> Severity:
+    def distances(self, vectors: np.ndarray) -> np.ndarray:
         """Mean distance of each vector to its k nearest good vectors (bundle memory and any extra memory)."""
-        vectors, grid = self.describe(stage_maps)
         _, squared = self.index.knn_query(vectors, k=self.neighbours, num_threads=1)
         extra = self.extra.nearest_squared(vectors, self.neighbours) if self.extra is not None else None
         squared = merge_nearest(squared, extra, self.neighbours)
-        distances = np.sqrt(np.maximum(squared, 0.0)).mean(axis=1)
+        return np.sqrt(np.maximum(squared, 0.0)).mean(axis=1)
+
+    def severity(self, stage_maps: Sequence[np.ndarray]) -> Severity:
+        vectors, grid = self.describe(stage_maps)
+        distances = self.distances(vectors)
         if self.mode == "image":
             return Severity(distance=float(distances[0]), patch_map=None)
         patch_map = distances.reshape(grid).astype(np.float32)

@@ -102,6 +102,11 @@ class OverlayMemory:
         with self._lock:
             return next((e for e in self._meta.entries if e.feedback_id == feedback_id), None)
 
+    def active_feedback_of(self, part_id: str) -> str | None:
+        """The feedback whose vectors of this part are still searched, if any."""
+        with self._lock:
+            return next((e.feedback_id for e in self._meta.entries if e.part_id == part_id and not e.deleted), None)
+
     def live_count(self) -> int:
         with self._lock:
             return self._live_count()
