@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--password-file", type=Path, default=None, help="file holding the broker password")
     push.add_argument("--ca-file", type=Path, default=None, help="CA certificate: connect with TLS")
     push.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the device's outcome")
+    collect = commands.add_parser(
+        "collect", help="parts a device kept into an MVTec-layout folder (train/good from operator feedback)"
+    )
+    collect.add_argument(
+        "--from", dest="source", type=Path, required=True, help="the device's state_dir, or its kept_parts folder"
+    )
+    collect.add_argument("--out", type=Path, required=True, help="folder to write (an existing dataset is added to)")
     demo = commands.add_parser("demo", help="train, export and run the edge service on a conveyor stream, end to end")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder (run, bundle, overlays...)")
     demo.add_argument("--config", type=Path, default=Path("configs/train/demo.yaml"), help="YAML training config")
@@ -130,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
             return _demo(args)
         if args.command == "push":
             return _push(args)
+        if args.command == "collect":
+            from export.collect import collect
+
+            report = collect(args.source, args.out)
+            print(f"collected {len(report.parts)} part(s) into {args.out}:")
+            print("\n".join(report.lines()))
+            return 0
         if args.command == "keygen":
             from export.signing import generate_keypair
 
