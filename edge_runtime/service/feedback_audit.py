@@ -37,6 +37,7 @@ class AuditRecord:
 class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.last: AuditRecord | None = None  # the newest record, for the retained summary
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -46,6 +47,7 @@ class AuditLog:
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
+            self.last = record
 
     def records(self) -> list[AuditRecord]:
         """Every readable line; a line cut by a power loss is skipped."""
@@ -57,6 +59,7 @@ class AuditLog:
                 found.append(AuditRecord(**json.loads(line)))
             except (ValueError, TypeError):
                 log.warning("%s line %d is not an audit record; skipped", self.path, number)
+        self.last = found[-1] if found else self.last
         return found
 
 

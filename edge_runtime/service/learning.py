@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,7 +41,7 @@ _PRUNE_EVERY_S = 60.0
 class ModelPatches:
     """The running model's side of feedback: its memory vectors of a frame, and its overlay."""
 
-    def __init__(self, inspector: Inspector, overlay: OverlayMemory, folder: Any) -> None:
+    def __init__(self, inspector: Inspector, overlay: OverlayMemory, folder: Path) -> None:
         self.inspector = inspector
         self.overlay = overlay
         self.folder = folder
@@ -78,7 +80,6 @@ class Learning:
         self.desk: FeedbackDesk | None = None
         self.patches: ModelPatches | None = None
         self.counts: dict[str, int] = {}
-        self.last: dict[str, Any] | None = None
         self.last_clear: dict[str, Any] | None = None
         self._next_prune = 0.0
         self._audit: AuditLog | None = None
@@ -107,7 +108,6 @@ class Learning:
         self._audit = AuditLog(self.folder / AUDIT_FILE)
         records = self._audit.records()
         self.counts = outcome_counts(records)
-        self.last = _public(records[-1]) if records else None
         self.recent = RecentParts(config.feedback.recent_parts, config.feedback.window_s)
         self.desk = FeedbackDesk(
             config.feedback, self.recent, self._current_patches, self._audit, service.boot_id, self._after_feedback
@@ -232,7 +232,6 @@ class Learning:
     def _after_feedback(self, outcome: FeedbackOutcome, part: RecentPart | None, note: str | None) -> None:
         """Keep the part with its feedback, count the outcome, publish the summary."""
         self.counts[outcome.outcome] = self.counts.get(outcome.outcome, 0) + 1
-        self.last = {**outcome.reply(), "command": outcome.command, "time": utc_now()}
         if self.kept is not None and part is not None:
             feedback = {
                 "feedback_id": outcome.feedback_id,
@@ -263,7 +262,13 @@ class Learning:
         }
 
     def summary_payload(self) -> dict[str, Any]:
-        return {"overlay": self.overlay_state(), "counts": dict(self.counts), "last": self.last, "time": utc_now()}
+        last = self._audit.last if self._audit is not None else None
+        return {
+            "overlay": self.overlay_state(),
+            "counts": dict(self.counts),
+            "last": _public(last) if last is not None else None,
+            "time": utc_now(),
+        }
 
     def publish_summary(self) -> None:
         publisher = self.service.publisher
@@ -282,4 +287,5 @@ class Learning:
 
 
 def _public(record: AuditRecord) -> dict[str, Any]:
-    return {key: value for key, value in vars(record).items() if value not in (None, {}, False, 0)}
+    """An audit record without its empty fields."""
+    return {key: value for key, value in asdict(record).items() if value is not None and value != {}}

@@ -186,6 +186,7 @@ def test_a_flagged_good_part_marked_good_passes_after_a_restart_too_and_undo_bri
     summary = _summaries(listener)[-1]
     assert summary["counts"] == {"learned": 1, "refused": 1, "recorded": 1}
     assert summary["overlay"]["vectors"] == learned["vectors_added"]
+    assert (summary["last"]["feedback_id"], summary["last"]["outcome"]) == (recorded["feedback_id"], "recorded")
 
     second = _wait_for_pass(listener, count, 2)
     passed = second[0]
