@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import cv2
 import hnswlib
@@ -76,21 +76,41 @@ class Severity:
     patch_map: np.ndarray | None
 
 
+class ExtraMemory(Protocol):
+    """More good vectors searched beside the bundle's index (the device's feedback overlay)."""
+
+    def nearest_squared(self, vectors: np.ndarray, neighbours: int) -> np.ndarray | None: ...
+
+
+def merge_nearest(squared: np.ndarray, extra: np.ndarray | None, neighbours: int) -> np.ndarray:
+    """The k smallest of both neighbour lists per row: the search over the union of both memories."""
+    if extra is None:
+        return squared
+    return np.sort(np.concatenate([squared, extra], axis=1), axis=1)[:, :neighbours]
+
+
 @dataclass
 class KnnMemory:
     mode: MemoryMode
     index: hnswlib.Index
     projection: np.ndarray | None
     neighbours: int
+    extra: ExtraMemory | None = None  # never saved: the bundle's memory stays as signed
 
     def describe(self, stage_maps: Sequence[np.ndarray]) -> tuple[np.ndarray, tuple[int, int]]:
         """The vectors stored in (and queried against) this memory for one image."""
         return describe(self.mode, stage_maps, self.projection)
 
+    def distances(self, vectors: np.ndarray) -> np.ndarray:
+        """Mean distance of each vector to its k nearest good vectors (bundle memory and any extra memory)."""
+        _, squared = self.index.knn_query(vectors, k=self.neighbours, num_threads=1)
+        extra = self.extra.nearest_squared(vectors, self.neighbours) if self.extra is not None else None
+        squared = merge_nearest(squared, extra, self.neighbours)
+        return np.sqrt(np.maximum(squared, 0.0)).mean(axis=1)
+
     def severity(self, stage_maps: Sequence[np.ndarray]) -> Severity:
         vectors, grid = self.describe(stage_maps)
-        _, squared = self.index.knn_query(vectors, k=self.neighbours, num_threads=1)
-        distances = np.sqrt(np.maximum(squared, 0.0)).mean(axis=1)
+        distances = self.distances(vectors)
         if self.mode == "image":
             return Severity(distance=float(distances[0]), patch_map=None)
         patch_map = distances.reshape(grid).astype(np.float32)

@@ -64,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="private site key: sign the command (devices with updates.signed_commands)",
     )
+    collect = commands.add_parser(
+        "collect", help="parts a device kept into an MVTec-layout folder (train/good from operator feedback)"
+    )
+    collect.add_argument(
+        "--from", dest="source", type=Path, required=True, help="the device's state_dir, or its kept_parts folder"
+    )
+    collect.add_argument("--out", type=Path, required=True, help="folder to write (an existing dataset is added to)")
     demo = commands.add_parser("demo", help="train, export and run the edge service on a conveyor stream, end to end")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder (run, bundle, overlays...)")
     demo.add_argument("--config", type=Path, default=Path("configs/train/demo.yaml"), help="YAML training config")
@@ -141,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
             return _demo(args)
         if args.command == "push":
             return _push(args)
+        if args.command == "collect":
+            from export.collect import collect
+
+            report = collect(args.source, args.out)
+            print(f"collected {len(report.parts)} part(s) into {args.out}:")
+            print("\n".join(report.lines()))
+            return 0
         if args.command == "keygen":
             from export.signing import generate_keypair
 

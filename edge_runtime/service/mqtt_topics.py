@@ -8,6 +8,7 @@ from dataclasses import dataclass
 AVAILABILITY_QOS, AVAILABILITY_RETAIN = 1, True
 STATUS_QOS, STATUS_RETAIN = 1, True
 MODEL_QOS, MODEL_RETAIN = 1, True
+FEEDBACK_QOS, FEEDBACK_RETAIN = 1, True
 STATS_QOS = 0
 HEATMAP_QOS = 0
 REPLY_QOS = 1
@@ -41,6 +42,11 @@ class Topics:
         return f"{self.base}/model"
 
     @property
+    def feedback(self) -> str:
+        """Summary of operator feedback and of the overlay memory it taught (retained)."""
+        return f"{self.base}/feedback"
+
+    @property
     def stats(self) -> str:
         return f"{self.base}/stats"
 
@@ -50,8 +56,8 @@ class Topics:
 
     @property
     def commands(self) -> str:
-        """Subscription filter for every command."""
-        return f"{self.base}/cmd/+"
+        """Subscription filter for every command; `#`, as some commands have two levels (feedback/undo)."""
+        return f"{self.base}/cmd/#"
 
     def heatmap(self, part_id: str) -> str:
         # MQTT 3.1.1 has no message properties, so the part id travels in the topic.

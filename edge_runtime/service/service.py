@@ -19,6 +19,7 @@ from edge_runtime.results import InspectionResult
 from edge_runtime.service.commands import CommandError, CommandRegistry, part_id_of
 from edge_runtime.service.download import DownloadLimits
 from edge_runtime.service.frames import CameraEvent, Frame, FrameSource
+from edge_runtime.service.learning import Learning
 from edge_runtime.service.messages import encode_json, heatmap_jpeg, result_payload, utc_now
 from edge_runtime.service.model_guard import ModelGuard
 from edge_runtime.service.model_policy import BundlePolicy
@@ -115,9 +116,14 @@ class Service:
         # (at least every 0.2 s); both must be quick and must not raise.
         self.result_listeners: list[Callable[[InspectedPart], None]] = []
         self.tick_listeners: list[Callable[[], None]] = []
+        # Extensions also add to what is published: fields of `status` and `stats`, messages sent at connect.
+        self.connect_listeners: list[Callable[[], None]] = []
+        self.status_fields: list[Callable[[], dict[str, Any]]] = []
+        self.stats_fields: list[Callable[[], dict[str, Any]]] = []
         self.operator_view: OperatorView | None = None  # started by run() when config.operator_view.enabled
         self.systemd: SystemdLink | None = None  # READY, WATCHDOG and STATUS when run by systemd
         self.plc_links = PlcLinks(self)  # Sparkplug B node and OPC UA server, when configured
+        self.learning = Learning(self)  # operator feedback, the overlay memory, parts kept for retraining
         self.started = threading.Event()
         self._paused = threading.Event()
         self._stop = threading.Event()
@@ -141,6 +147,7 @@ class Service:
         try:
             self.plc_links.start()  # first: a link that cannot start stops the service before the camera runs
             self._open_parts()
+            self.learning.start()
             assert self.publisher is not None and self.source is not None
             self.publisher.start()
             self.source.start()
@@ -401,6 +408,7 @@ class Service:
         self.plc_links.stop()
         for trigger in self._triggers.close():  # before the publisher goes: every trigger gets an answer
             self._reply(unserved_reply(trigger, "stopped"))
+        self.learning.stop()
         if self.publisher is not None:
             self.publish_status()
             self.publisher.stop()
@@ -441,11 +449,21 @@ class Service:
             "last_error": self.last_error,
             "boot_id": self.boot_id,
             "time": utc_now(),
-        }
+        } | self._extra_fields(self.status_fields)
+
+    def _extra_fields(self, providers: list[Callable[[], dict[str, Any]]]) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        for provider in providers:
+            try:
+                fields.update(provider())
+            except Exception:  # an extension's bug must not cost the status message
+                log.exception("fields from %r failed", provider)
+        return fields
 
     def _publish_retained(self) -> None:
         self.publish_status()
         self.publish_model_state()
+        self._notify(self.connect_listeners)
 
     def publish_model_state(self) -> None:
         if self.publisher is not None and self.updater is not None:
@@ -458,12 +476,19 @@ class Service:
 
     def stats_payload(self) -> dict[str, Any]:
         source, outbox = self.source, self.outbox
-        return self.stats.snapshot(
-            frames_in=source.frames_in if source else 0,
-            dropped=source.dropped if source else 0,
-            outbox_depth=outbox.depth() if outbox else 0,
-            outbox_dropped=outbox.dropped() if outbox else 0,
-        ) | {"camera_reconnects": source.reconnects if source else 0, "bad_frames": source.bad_frames if source else 0}
+        return (
+            self.stats.snapshot(
+                frames_in=source.frames_in if source else 0,
+                dropped=source.dropped if source else 0,
+                outbox_depth=outbox.depth() if outbox else 0,
+                outbox_dropped=outbox.dropped() if outbox else 0,
+            )
+            | {
+                "camera_reconnects": source.reconnects if source else 0,
+                "bad_frames": source.bad_frames if source else 0,
+            }
+            | self._extra_fields(self.stats_fields)
+        )
 
     def publish_stats(self) -> None:
         if self.publisher is not None:

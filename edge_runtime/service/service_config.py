@@ -223,6 +223,45 @@ class OperatorViewConfig(StrictModel):
     )
 
 
+class FeedbackConfig(StrictModel):
+    """Operator feedback (`cmd/feedback`): parts marked good teach the device's overlay memory. The caps and
+    the score guard keep a mistaken or malicious feedback from teaching it that defects are good."""
+
+    enabled: bool = True
+    window_s: float = Field(600.0, gt=0.0, description="only parts inspected this recently can be marked")
+    recent_parts: int = Field(
+        30, ge=1, le=1000, description="parts whose frames are kept in memory for feedback (the newest)"
+    )
+    max_vectors_per_feedback: int = Field(
+        2048, ge=1, description="most patch vectors one feedback adds (the ones the memory knows least first)"
+    )
+    max_overlay_vectors: int = Field(20_000, ge=1, description="most vectors the overlay holds in all")
+    refuse_score_ratio: float = Field(
+        2.0, gt=1.0, description="a part scoring above this multiple of the threshold is refused unless forced"
+    )
+    max_note_chars: int = Field(500, ge=0, le=10_000, description="longest note a feedback may carry")
+
+    @model_validator(mode="after")
+    def _caps_ordered(self) -> FeedbackConfig:
+        if self.max_vectors_per_feedback > self.max_overlay_vectors:
+            raise ValueError("max_vectors_per_feedback must not exceed max_overlay_vectors")
+        return self
+
+
+class KeepPartsConfig(StrictModel):
+    """Frames and results kept in state_dir/kept_parts for the next training (`python -m export collect`)."""
+
+    enabled: bool = True
+    defects: bool = Field(True, description="keep parts judged defective")
+    uncertain_band: float = Field(
+        0.1, ge=0.0, lt=1.0, description="keep parts scoring within this fraction of the threshold around it"
+    )
+    max_parts: int = Field(2000, ge=1, description="oldest kept parts are removed (and counted) beyond this")
+    max_bytes: int = Field(512 * 1024**2, ge=1024, description="and beyond this many bytes on disk")
+    max_age_s: float = Field(30 * 24 * 3600.0, gt=0.0, description="and when kept longer than this (wall clock)")
+    pending: int = Field(16, ge=1, le=1000, description="parts waiting to be written before new ones are dropped")
+
+
 class ServiceConfig(StrictModel):
     bundle: BundleConfig
     state_dir: Path = Path("state")
@@ -237,6 +276,8 @@ class ServiceConfig(StrictModel):
     operator_view: OperatorViewConfig = OperatorViewConfig()
     sparkplug: SparkplugConfig = SparkplugConfig()
     opcua: OpcUaConfig = OpcUaConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
+    keep_parts: KeepPartsConfig = KeepPartsConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
