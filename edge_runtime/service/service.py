@@ -486,6 +486,7 @@ class Service:
             | {
                 "camera_reconnects": source.reconnects if source else 0,
                 "bad_frames": source.bad_frames if source else 0,
+                "boot_id": self.boot_id,  # the counters are this process's
             }
             | self._extra_fields(self.stats_fields)
         )

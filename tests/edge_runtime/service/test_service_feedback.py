@@ -19,7 +19,7 @@ from edge_runtime.overlay_memory import ModelIdentity, OverlayMemory
 
 from .conftest import DATASETS, PART_SIZE
 
-FPS = 5  # slow enough that the 2-core machine inspects every frame; a frame's time stamp names its file
+FPS = 4  # slow enough that a loaded 2-core machine inspects every frame; a frame's time stamp names its file
 BETWEEN_PASSES_S = 8  # the conveyor plays again after this pause (camera reconnect), time to send feedback
 DEFECT_TYPES = ("blowhole", "break", "crack", "fray", "uneven")
 DEFECTS_PER_TYPE = 10
