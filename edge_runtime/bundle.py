@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from edge_runtime.bundle_errors import BundleError, KeyFileError, read_key_file
+from edge_runtime.durable_files import sync_directory, write_new_durably
 from edge_runtime.manifest import MANIFEST_NAME, RESERVED_NAMES, SIGNATURE_NAME, Manifest, path_problem
 from edge_runtime.tar_scan import RawTarReader, TarScanError
 
@@ -176,8 +177,8 @@ def install_bundle(
     staging = Path(tempfile.mkdtemp(prefix=f".{slot_dir.name}.installing-", dir=slot_dir.parent))
     try:
         _extract_verified(verified, staging)
-        _write_durably(staging / MANIFEST_NAME, verified.manifest_bytes)
-        _write_durably(staging / SIGNATURE_NAME, verified.signature)
+        write_new_durably(staging / MANIFEST_NAME, verified.manifest_bytes)
+        write_new_durably(staging / SIGNATURE_NAME, verified.signature)
         _check_slot_free(slot_dir)
         if slot_dir.exists():
             slot_dir.rmdir()
@@ -428,21 +429,3 @@ def _extract_verified(verified: VerifiedBundle, target: Path) -> None:
                 out.flush()
                 os.fsync(out.fileno())
             _check_hash(name, expected[name], digest.hexdigest(), source)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with path.open("xb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-
-
-def sync_directory(path: Path) -> None:
-    """Persist a rename across power loss; directories cannot be opened for syncing on Windows."""
-    if os.name != "posix":
-        return
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -19,6 +19,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+from edge_runtime.durable_files import write_atomically
 from edge_runtime.manifest import Manifest
 
 META_FILE = "overlay.json"
@@ -187,7 +188,7 @@ class OverlayMemory:
             _fsync(temporary_index)
             os.replace(temporary_index, folder / index_name)
             self._meta.index_file = index_name
-            _write_atomically(folder / META_FILE, json.dumps(asdict(self._meta), indent=1))
+            write_atomically(folder / META_FILE, json.dumps(asdict(self._meta), indent=1).encode("utf-8"))
         for stale in folder.glob(f"{_INDEX_PREFIX}*"):
             if stale.name != index_name:
                 stale.unlink(missing_ok=True)
@@ -225,15 +226,6 @@ class OverlayMemory:
 def _fsync(path: Path) -> None:
     with path.open("rb") as handle:
         os.fsync(handle.fileno())
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f"{path.name}.tmp")
-    with temporary.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def clear_saved(folder: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -18,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_runtime.durable_files import write_atomically
 from edge_runtime.service.messages import utc_now
 
 log = logging.getLogger(__name__)
@@ -245,18 +245,8 @@ def _write_png(path: Path, frame: np.ndarray) -> None:
     ok, data = cv2.imencode(FRAME_SUFFIX, image, [cv2.IMWRITE_PNG_COMPRESSION, _PNG_COMPRESSION])
     if not ok:
         raise OSError(f"PNG encoding of {path.name} failed")
-    _write_bytes(path, data.tobytes())
+    write_atomically(path, data.tobytes())
 
 
 def _write_text(path: Path, text: str) -> None:
-    _write_bytes(path, text.encode("utf-8"))
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name, then rename: a reader never sees half a file."""
-    temporary = path.with_name(f"{path.name}.tmp")
-    with temporary.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_atomically(path, text.encode("utf-8"))

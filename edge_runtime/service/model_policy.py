@@ -19,9 +19,10 @@ from pathlib import Path
 from packaging.version import Version
 from pydantic import ValidationError
 
+from edge_runtime.durable_files import write_atomically
 from edge_runtime.manifest import Manifest
 from edge_runtime.service.messages import utc_now
-from edge_runtime.service.model_store import ModelState, write_atomically
+from edge_runtime.service.model_store import ModelState
 from edge_runtime.service.service_config import BundleConfig
 from edge_runtime.settings import StrictModel
 from edge_runtime.versions import parse_version

@@ -25,8 +25,8 @@ from edge_runtime.bundle import (
     BundleError,
     install_bundle,
     load_installed,
-    sync_directory,
 )
+from edge_runtime.durable_files import sync_directory, write_atomically
 from edge_runtime.manifest import Manifest
 from edge_runtime.service.messages import utc_now
 from edge_runtime.settings import StrictModel
@@ -85,22 +85,6 @@ class UnpackedSlot:
     path: Path
     manifest: Manifest
     repaired: str | None = None
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` atomically and durably: a power cut leaves the old or the new content, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    sync_directory(path.parent)
 
 
 def slot_name(version: str, sha256: str) -> str:
@@ -194,7 +178,7 @@ class ModelStore:
         partial downloads, unpacking folders and unfinished state files. Returns the names removed."""
         if not self.root.is_dir():
             return []
-        leftovers = list(self.root.glob(".unpacking-*")) + list(self.root.glob(".*.json"))  # unfinished atomic writes
+        leftovers = list(self.root.glob(".unpacking-*")) + list(self.root.glob(".*.tmp"))  # unfinished atomic writes
         if self.downloads.is_dir():
             leftovers += list(self.downloads.iterdir())
         for entry in leftovers:

@@ -28,8 +28,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge_runtime.durable_files import write_atomically
 from edge_runtime.service.commands import CommandError, parse_body
-from edge_runtime.service.model_store import write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -173,13 +173,13 @@ def test_leftovers_of_an_interrupted_update_are_removed_at_start(tmp_path):
     staging = store.root / ".unpacking-x1y2"
     (staging / "slot").mkdir(parents=True)
     (staging / "slot" / "encoder.bin").write_bytes(b"\0" * 1000)
-    (store.root / ".state.abc.json").write_text("{")
+    (store.root / ".state.json.abc.tmp").write_text("{")
     kept = store.root / "1.0.0-0123456789ab"
     kept.mkdir()
     store.write(ModelState())
 
     removed = store.clean_leftovers()
-    assert sorted(removed) == sorted([".unpacking-x1y2", ".state.abc.json", "ab" * 32 + ".tar"])
+    assert sorted(removed) == sorted([".unpacking-x1y2", ".state.json.abc.tmp", "ab" * 32 + ".tar"])
     assert list(store.downloads.iterdir()) == [] and not staging.exists()
     assert kept.is_dir() and store.state_path.is_file(), "installed slots and the state stay"
 
