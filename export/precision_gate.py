@@ -3,7 +3,9 @@
 Each candidate mix of network precisions is recalibrated and measured on one gate set: the run's held-out good
 images, synthetic defects made from them (so every set has pixel truth, however few labelled test images it
 has) and, where the set has them, a few labelled test images per type (their masks only where present). A
-candidate is kept only if image AUROC, pixel AUROC and AUPRO each stay within their allowance of all-FP32.
+candidate is kept only if image AUROC, pixel AUROC and AUPRO each stay within their allowance of all-FP32, and
+the upper confidence bounds of the two AUROC drops as well (`export.gate_bootstrap`): a small gate set must not
+let a drop through by luck.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from edge_runtime.calibration import Calibration
 from edge_runtime.openvino_networks import NETWORK_NAMES, OpenVinoNetworks
 from edge_runtime.pipeline import InspectionPipeline
+from export.gate_bootstrap import PerImageCounts, count_per_image, drop_upper_bounds
 from train_host import metrics
 from train_host.calibrate import fit_calibration
 from train_host.config import DataConfig
@@ -40,6 +43,14 @@ class GateFigures:
 
 
 @dataclass(frozen=True)
+class Measurement:
+    """A gate set's figures under one mix, and the per-image counts their confidence bounds are drawn from."""
+
+    figures: GateFigures
+    counts: PerImageCounts
+
+
+@dataclass(frozen=True)
 class Allowances:
     """The largest drop against all-FP32 each figure may take."""
 
@@ -60,6 +71,7 @@ class Trial:
     figures: GateFigures
     drops: GateFigures
     accepted: bool
+    drop_bounds: GateFigures | None = None  # upper confidence bounds of the AUROC drops; AUPRO is not bounded
 
     def to_dict(self) -> dict:
         return {
@@ -67,6 +79,7 @@ class Trial:
             "precision": self.precision,
             **asdict(self.figures),
             "drops": asdict(self.drops),
+            "drop_upper_bounds": None if self.drop_bounds is None else asdict(self.drop_bounds),
             "accepted": self.accepted,
             # The image figures under the names earlier reports used.
             "auroc": self.figures.image_auroc,
@@ -137,19 +150,28 @@ def build_gate_set(
     )
 
 
-def measure(pipeline: InspectionPipeline, calibration: Calibration, gate_set: GateSet) -> GateFigures:
-    scores, maps = [], []
+def measure(pipeline: InspectionPipeline, calibration: Calibration, gate_set: GateSet) -> Measurement:
+    scores_list, maps_list = [], []
     for image in progress(gate_set.images, "precision gate"):
         result = pipeline.inspect(image, calibration)
-        scores.append(result.score)
-        maps.append(result.anomaly_map.astype(np.float32))
-    known = gate_set.known
-    pixel_auroc, aupro = pixel_metrics(np.stack(maps)[known], gate_set.masks[known])
-    return GateFigures(metrics.auroc(np.array(scores), gate_set.labels), pixel_auroc, aupro)
+        scores_list.append(result.score)
+        maps_list.append(result.anomaly_map.astype(np.float32))
+    scores, maps, known = np.array(scores_list), np.stack(maps_list), gate_set.known
+    pixel_auroc, aupro = pixel_metrics(maps[known], gate_set.masks[known])
+    figures = GateFigures(metrics.auroc(scores, gate_set.labels), pixel_auroc, aupro)
+    return Measurement(figures, count_per_image(scores, gate_set.labels, maps, gate_set.masks, known))
 
 
-def judge(baseline: GateFigures, figures: GateFigures, allowances: Allowances) -> tuple[GateFigures, bool]:
-    """(drops against the baseline, whether every drop stays within its allowance)."""
+def bound_drops(baseline: Measurement, candidate: Measurement, seed: int) -> GateFigures:
+    image, pixel = drop_upper_bounds(baseline.counts, candidate.counts, seed)
+    return GateFigures(image_auroc=image, pixel_auroc=pixel, aupro=None)
+
+
+def judge(
+    baseline: GateFigures, figures: GateFigures, allowances: Allowances, bounds: GateFigures | None = None
+) -> tuple[GateFigures, bool]:
+    """(drops against the baseline, whether every drop, and every upper bound of a drop where given, stays
+    within its allowance)."""
 
     def drop(before: float | None, after: float | None) -> float | None:
         return None if before is None or after is None else before - after
@@ -159,9 +181,11 @@ def judge(baseline: GateFigures, figures: GateFigures, allowances: Allowances) -
         pixel_auroc=drop(baseline.pixel_auroc, figures.pixel_auroc),
         aupro=drop(baseline.aupro, figures.aupro),
     )
+    checked = [drops] if bounds is None else [drops, bounds]
     within = [
         value <= allowed
-        for value, allowed in zip(asdict(drops).values(), asdict(allowances).values(), strict=True)
+        for figures_checked in checked
+        for value, allowed in zip(asdict(figures_checked).values(), asdict(allowances).values(), strict=True)
         if value is not None
     ]
     return drops, all(within)
@@ -185,9 +209,13 @@ class GateEvaluator:
         config = self.run.config
         return fit_calibration(pipeline, self.holdout, config.calibration, config.seed, fixed_weights=chosen)
 
-    def figures(self, files: dict[str, Path]) -> GateFigures:
+    def measure(self, files: dict[str, Path]) -> Measurement:
         pipeline = self.pipeline(files)
         return measure(pipeline, self.calibrate(pipeline), self.gate_set)
+
+    @property
+    def seed(self) -> int:
+        return self.run.config.seed
 
 
 def _files(variants: dict[str, dict[Precision, Path]], mix: dict[str, Precision]) -> dict[str, Path]:
@@ -198,27 +226,30 @@ def _show(figures: GateFigures | None) -> str:
     if figures is None:
         return "n/a"
     values = [figures.image_auroc, figures.pixel_auroc, figures.aupro]
-    return "/".join("n/a" if value is None else f"{value:+.4f}" for value in values)
+    return "/".join("-" if value is None else f"{value:+.4f}" for value in values)
 
 
 def choose_precisions(
     variants: dict[str, dict[Precision, Path]], gate: GateEvaluator, allowances: Allowances, log: GateLog
 ) -> tuple[dict[str, Precision], dict[str, float | None]]:
     """Per network in turn, the cheapest precision whose mix with the choices so far stays within every
-    allowance of all-FP32; returns the choices and each network's image AUROC drop (None in FP32)."""
+    allowance of all-FP32 (bounds included); returns the choices and each network's image AUROC drop (None in
+    FP32)."""
     chosen: dict[str, Precision] = {name: "fp32" for name in NETWORK_NAMES}
     log.allowances = allowances
-    log.baseline = gate.figures(_files(variants, chosen))
+    baseline = gate.measure(_files(variants, chosen))
+    log.baseline = baseline.figures
     drops: dict[str, float | None] = {name: None for name in NETWORK_NAMES}
     for name in NETWORK_NAMES:
         for precision in FALLBACK_ORDER[:-1]:
             mix = {**chosen, name: precision}
-            figures = gate.figures(_files(variants, mix))
-            drop, accepted = judge(log.baseline, figures, allowances)
-            log.trials.append(Trial(name, precision, figures, drop, accepted))
+            candidate = gate.measure(_files(variants, mix))
+            bounds = bound_drops(baseline, candidate, gate.seed)
+            drop, accepted = judge(baseline.figures, candidate.figures, allowances, bounds)
+            log.trials.append(Trial(name, precision, candidate.figures, drop, accepted, bounds))
             print(
-                f"gate: {name} {precision}: image AUROC/pixel AUROC/AUPRO drops {_show(drop)} "
-                f"{'kept' if accepted else 'rejected'}"
+                f"gate: {name} {precision}: image AUROC/pixel AUROC/AUPRO drops {_show(drop)}, "
+                f"upper bounds {_show(bounds)}: {'kept' if accepted else 'rejected'}"
             )
             if accepted:
                 chosen[name], drops[name] = precision, drop.image_auroc
@@ -233,10 +264,12 @@ def fixed_precisions(
     chosen: dict[str, Precision] = {name: precision for name in NETWORK_NAMES}
     if precision == "fp32":
         return chosen, {name: None for name in NETWORK_NAMES}
-    log.baseline = gate.figures(_files(variants, {name: "fp32" for name in NETWORK_NAMES}))
-    figures = gate.figures(_files(variants, chosen))
-    drop, within = judge(log.baseline, figures, log.allowances)
-    log.trials.append(Trial("all", precision, figures, drop, accepted=True))
+    baseline = gate.measure(_files(variants, {name: "fp32" for name in NETWORK_NAMES}))
+    candidate = gate.measure(_files(variants, chosen))
+    log.baseline = baseline.figures
+    bounds = bound_drops(baseline, candidate, gate.seed)
+    drop, within = judge(baseline.figures, candidate.figures, log.allowances, bounds)
+    log.trials.append(Trial("all", precision, candidate.figures, drop, True, bounds))
     if not within:
         print(f"gate: {precision} as asked, although its drops {_show(drop)} exceed the allowances")
     return chosen, {name: drop.image_auroc for name in NETWORK_NAMES}

@@ -27,12 +27,17 @@ from train_host.run_store import build_pipeline, load_run
 
 
 def check_trial_decisions(trials: list[dict], baseline: dict, allowances: dict) -> None:
-    """Every logged trial carries all three figures, its drops from them, and the decision they imply."""
+    """Every logged trial carries all three figures, its drops from them, the upper bounds of the two AUROC
+    drops, and the decision they imply."""
     for trial in trials:
         for name in ("image_auroc", "pixel_auroc", "aupro"):
             assert 0.0 <= trial[name] <= 1.0
             assert trial["drops"][name] == pytest.approx(baseline[name] - trial[name], abs=1e-12)
-        assert trial["accepted"] == all(trial["drops"][name] <= allowances[name] for name in allowances)
+        bounds = trial["drop_upper_bounds"]
+        assert bounds["aupro"] is None and all(-1.0 <= bounds[n] <= 1.0 for n in ("image_auroc", "pixel_auroc"))
+        within = all(trial["drops"][name] <= allowances[name] for name in allowances)
+        bounded = all(bounds[name] <= allowances[name] for name in ("image_auroc", "pixel_auroc"))
+        assert trial["accepted"] == (within and bounded)
 
 
 def first_accepted(trials: list[dict], network: str) -> str:
@@ -70,6 +75,11 @@ def test_a_heatmap_drop_rejects_what_the_image_score_would_keep():
     assert judge(baseline, heatmap_worse, Allowances(pixel_auroc=0.03))[1]
     assert not judge(baseline, GateFigures(0.90, 0.95, 0.785), Allowances())[1]
     assert not judge(baseline, GateFigures(0.885, 0.95, 0.80), Allowances())[1]
+    # A drop within the allowance whose upper confidence bound is not is rejected.
+    level = GateFigures(0.895, 0.95, 0.80)
+    assert judge(baseline, level, Allowances())[1]
+    assert not judge(baseline, level, Allowances(), bounds=GateFigures(0.02, 0.0, None))[1]
+    assert judge(baseline, level, Allowances(), bounds=GateFigures(0.009, 0.0, None))[1]
     # A figure the gate set cannot give is not judged.
     assert judge(GateFigures(0.9, None, None), GateFigures(0.895, None, None), Allowances())[1]
     with pytest.raises(ValueError, match="aupro drop must be within"):
@@ -125,12 +135,12 @@ def test_gate_set_of_a_set_without_masks(tiny_run, tiny_dataset, without_masks, 
     # Test defects without a mask add to the image figure only: the pixel figures equal those of the same
     # gate set without them.
     pipeline = build_pipeline(run, run.config.inspection, torch.device("cpu"))
-    figures = measure(pipeline, run.calibration, gate_set)
+    figures = measure(pipeline, run.calibration, gate_set).figures
     keep = gate_set.known
     masked_only = type(gate_set)(
         gate_set.images[keep], gate_set.labels[keep], gate_set.masks[keep], keep[keep], count, count, 2, 2
     )
-    reference = measure(pipeline, run.calibration, masked_only)
+    reference = measure(pipeline, run.calibration, masked_only).figures
     assert (figures.pixel_auroc, figures.aupro) == (reference.pixel_auroc, reference.aupro)
     assert figures.pixel_auroc is not None and 0.0 <= figures.image_auroc <= 1.0
     no_test = run.config.data.model_copy(update={"root": tmp_path / "only_train"})
