@@ -12,7 +12,7 @@ APT_PACKAGES := python3-venv python3-dev pkg-config libgirepository1.0-dev libca
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 mosquitto libgl1 libglib2.0-0 chromium
 
-.PHONY: setup system-packages test lint demo bench clean install-service
+.PHONY: soak setup system-packages test lint demo bench clean install-service
 
 setup: system-packages $(VENV)/.installed
 
@@ -43,6 +43,13 @@ test: setup lint
 # `make demo DEMO_ARGS=--fresh` trains again (`python -m export demo --help` lists the options).
 demo: setup
 	$(PY) -m export demo --out runs/demo $(DEMO_ARGS)
+
+# Ten minutes of the demo model at full rate with the broker stopped twice for 60 s and the service killed
+# (kill -9) once; checks that every result arrived exactly once, in order, one per inspected frame. Runs the
+# demo first when it has not been run. Figures in runs/soak/soak.json (and docs/MQTT.md).
+soak: setup
+	@ls runs/demo/bundle/*.tar >/dev/null 2>&1 || $(PY) -m export demo --out runs/demo
+	$(PY) -m export soak --demo runs/demo --out runs/soak $(SOAK_ARGS)
 
 # Device benchmark at 256 px on magnetic_tile: trains the run first if it is missing (about 30 min on 2 cores),
 # exports INT8, gated (auto) and FP32 bundles, then measures them and the torch FP32 baseline.

@@ -82,7 +82,49 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--fps", type=float, default=2.0, help="conveyor frame rate (frames/s)")
     demo.add_argument("--precision", choices=["auto", "int8", "fp16", "fp32"], default="auto", help="of the bundle")
     demo.add_argument("--timeout", type=float, default=None, help="seconds to wait for every part's result")
+    soak = commands.add_parser(
+        "soak", help="stream the demo model through broker outages and a kill -9; check every result arrived once"
+    )
+    soak.add_argument("--demo", type=Path, default=Path("runs/demo"), help="the folder `make demo` wrote")
+    soak.add_argument("--out", type=Path, default=Path("runs/soak"), help="folder for the logs and soak.json")
+    soak.add_argument("--duration", type=float, default=600.0, help="seconds of streaming")
+    soak.add_argument("--outage", type=float, default=60.0, help="seconds of each of the two broker outages")
+    soak.add_argument("--qos", type=int, choices=[1, 2], default=None, help="QoS of results (default: the service's)")
     return parser
+
+
+def _soak(args: argparse.Namespace) -> int:
+    """Exit 0 when every check passed, 1 when one failed (soak.json says which), 2 when it could not run."""
+    from export.local_line import LocalLineError
+    from export.soak import SoakOptions, run_soak
+
+    bundles = sorted((args.demo / "bundle").glob("*.tar"), key=lambda path: path.stat().st_mtime)
+    if not bundles:
+        print(f"error: no bundle in {args.demo / 'bundle'}; run `make demo` first", file=sys.stderr)
+        return 2
+    options = SoakOptions(
+        bundle=bundles[-1],
+        trusted_key=args.demo / "keys" / "demo.pub.pem",
+        conveyor=args.demo / "conveyor",
+        out=args.out,
+        duration_s=args.duration,
+        outage_s=args.outage,
+        qos=args.qos,
+    )
+    try:
+        report = run_soak(options)
+    except LocalLineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for check in report.checks:
+        print(f"{'ok  ' if check.passed else 'FAIL'} {check.name}: {check.detail}")
+    figures = report.figures
+    print(
+        f"{figures.results_distinct} results for {figures.frames_inspected} frames inspected in "
+        f"{figures.streaming_s:.0f} s ({figures.results_per_s} results/s), {figures.repeats} repeated; "
+        f"{args.out / 'soak.json'}"
+    )
+    return 0 if report.passed else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -148,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             return _demo(args)
         if args.command == "push":
             return _push(args)
+        if args.command == "soak":
+            return _soak(args)
         if args.command == "collect":
             from export.collect import collect
 

@@ -38,11 +38,16 @@ def mosquitto_binary() -> str:
 class LocalBroker:
     """mosquitto on a free loopback port with its own config in `folder`; stopped on leaving the context."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, persistent: bool = False) -> None:
         self.folder = folder
+        self.persistent = persistent
         self.port = 0
         self.log = folder / "mosquitto.log"
         self.process: subprocess.Popen | None = None
+
+    @property
+    def persistence_folder(self) -> Path:
+        return self.folder / "persistence"
 
     def __enter__(self) -> LocalBroker:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -51,11 +56,37 @@ class LocalBroker:
                 return self
         raise LocalLineError(f"mosquitto did not start; its log {self.log}:\n{self.log.read_text()[-2000:]}")
 
+    def stop(self) -> None:
+        """Stop mosquitto (SIGTERM: a persistent broker saves its sessions and queued messages first)."""
+        self.__exit__()
+
+    def restart(self) -> None:
+        """Start mosquitto again on the same port with the same persistence, as after a broker outage."""
+        if self.process is not None:
+            raise LocalLineError("mosquitto is still running; stop it before restarting it")
+        port, self.port = self.port, 0
+        # The port was free a moment ago; a client's connection attempts do not hold it, so retry briefly.
+        deadline = time.monotonic() + 30
+        while not self._start_on(port):
+            if time.monotonic() > deadline:
+                raise LocalLineError(f"mosquitto did not restart on port {port}; its log {self.log}")
+            time.sleep(0.5)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _config_lines(self, port: int) -> list[str]:
+        # `user`: started as root, mosquitto would switch to the `mosquitto` user, which cannot read this folder.
+        lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", f"user {getpass.getuser()}"]
+        if not self.persistent:
+            return [*lines, "persistence false"]
+        self.persistence_folder.mkdir(parents=True, exist_ok=True)
+        # Sessions (subscriptions, queued QoS 1 messages) survive a restart: saved on SIGTERM, read at start.
+        return [*lines, "persistence true", f"persistence_location {self.persistence_folder}/"]
+
     def _start_on(self, port: int) -> bool:
         config = self.folder / "mosquitto.conf"
-        # `user`: started as root, mosquitto would switch to the `mosquitto` user, which cannot read this folder.
-        lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false", f"user {getpass.getuser()}"]
-        config.write_text("\n".join(lines) + "\n")
+        config.write_text("\n".join(self._config_lines(port)) + "\n")
         with self.log.open("a") as log:
             self.process = subprocess.Popen([mosquitto_binary(), "-c", str(config)], stdout=log, stderr=log)
         deadline = time.monotonic() + 10
@@ -111,6 +142,16 @@ class ServiceProcess:
         if self.process is None:
             return None
         code = stop_process(self.process, SERVICE_STOP_S)
+        self.process = None
+        return code
+
+    def kill(self) -> int | None:
+        """SIGKILL: the process ends at once, with no chance to flush or clean up (a crash, a power cut)."""
+        if self.process is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        code = self.process.wait(timeout=30)
         self.process = None
         return code
 
