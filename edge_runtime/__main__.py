@@ -31,8 +31,8 @@ def _add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="OpenVINO compiled-model cache")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m edge_runtime", description=__doc__)
+def build_parser(prog: str = "python -m edge_runtime") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="inspect image files with a bundle and print the verdicts")
     _add_bundle_arguments(inspect)
@@ -189,7 +189,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    return dispatch(build_parser().parse_args(argv))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; `d3ad` parses with its own program name and calls this too."""
     if args.command == "validate-config":
         return _validate_config(args)
     try:
