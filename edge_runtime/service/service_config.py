@@ -305,6 +305,15 @@ def parse_config(raw: Any, source: str) -> ServiceConfig:
 
 def load_config(path: Path) -> ServiceConfig:
     """Read and validate a runtime config file, then check that the files it names exist."""
+    config = read_config(path)
+    problems = file_problems(config)
+    if problems:
+        raise ConfigError(str(path), problems)
+    return config
+
+
+def read_config(path: Path) -> ServiceConfig:
+    """Read and validate a runtime config file's schema; the files it names are not looked for."""
     source = str(path)
     try:
         raw = yaml.safe_load(Path(path).read_text())
@@ -314,11 +323,7 @@ def load_config(path: Path) -> ServiceConfig:
         raise ConfigError(source, [f"(file): cannot be read: {error}"]) from error
     except yaml.YAMLError as error:
         raise ConfigError(source, [f"(file): not valid YAML: {error}".replace("\n", " ")]) from error
-    config = parse_config(raw, source)
-    problems = file_problems(config)
-    if problems:
-        raise ConfigError(source, problems)
-    return config
+    return parse_config(raw, source)
 
 
 def file_problems(config: ServiceConfig) -> list[str]:
