@@ -183,10 +183,10 @@ def _validate_config_offline(path: Path) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import logging
     import signal
     import threading
 
+    from edge_runtime.service.log_setup import configure_logging
     from edge_runtime.service.model_startup import ModelUnavailable
     from edge_runtime.service.publisher import CredentialError
     from edge_runtime.service.service import Service
@@ -198,9 +198,7 @@ def _run(args: argparse.Namespace) -> int:
         print(error.explain(), file=sys.stderr)
         print("error: refusing to start with an invalid config", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    logging.basicConfig(
-        level=config.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(config.log_level)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
