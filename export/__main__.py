@@ -183,7 +183,10 @@ def dispatch(args: argparse.Namespace) -> int:
             precisions = ", ".join(f"{n}={s.precision}" for n, s in manifest.networks.items())
             target = f"for {manifest.target.product}/{manifest.target.device_class}" if manifest.target else "unbound"
             print(f"bundle: {args.out} (model {manifest.model_version}, {target}; {precisions})")
-    except (ConfigError, BundleError, PushError, OSError, ValueError) as error:
+    except ConfigError as error:
+        print(f"error: {error.explain()}", file=sys.stderr)  # one line per problem
+        return 2
+    except (BundleError, PushError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

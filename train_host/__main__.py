@@ -121,7 +121,10 @@ def dispatch(args: argparse.Namespace) -> int:
             _evaluate_bundle(args)
         else:
             _evaluate(args.run, args.overrides, args.tag, args.max_per_type, args.device)
-    except (ConfigError, DatasetError, BundleError, FileNotFoundError) as error:
+    except ConfigError as error:
+        print(f"error: {error.explain()}", file=sys.stderr)  # one line per problem
+        return 2
+    except (DatasetError, BundleError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
