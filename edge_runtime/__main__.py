@@ -186,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from edge_runtime.service.log_setup import configure_logging
+    from edge_runtime.service.log_setup import configure_logging, error_lines
     from edge_runtime.service.model_startup import ModelUnavailable
     from edge_runtime.service.publisher import CredentialError
     from edge_runtime.service.service import Service
@@ -195,8 +195,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config = _checked_config(args.config)
     except ConfigError as error:
-        print(error.explain(), file=sys.stderr)
-        print("error: refusing to start with an invalid config", file=sys.stderr)
+        print(error_lines(f"{error.explain()}\nerror: refusing to start with an invalid config"), file=sys.stderr)
         return EXIT_BAD_CONFIG
     configure_logging(config.log_level)
     stop = threading.Event()
@@ -205,10 +204,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         Service(config).run(stop)
     except CredentialError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(error_lines(f"error: {error}"), file=sys.stderr)
         return EXIT_BAD_CONFIG
     except ModelUnavailable as error:
-        print(f"error: {error}; exiting with status {EXIT_NO_MODEL} to be started again", file=sys.stderr)
+        print(error_lines(f"error: {error}; exiting with status {EXIT_NO_MODEL} to be started again"), file=sys.stderr)
         return EXIT_NO_MODEL
     return 0
 

@@ -49,6 +49,17 @@ def writes_to_journal(stream: TextIO, environ: Mapping[str, str]) -> bool:
         return True
 
 
+def error_lines(text: str, stream: TextIO | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """`text` for printing to `stream` (stderr) as an error: under the journal each line gets the error priority, as
+    a log record would. Why the service refuses to start or exits is printed, not logged (an invalid config gives
+    no log level), and is what an operator most needs `journalctl -p err` to find."""
+    stream = sys.stderr if stream is None else stream
+    if not writes_to_journal(stream, os.environ if environ is None else environ):
+        return text
+    prefix = f"<{syslog_priority(logging.ERROR)}>"
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
 def log_handler(stream: TextIO, environ: Mapping[str, str]) -> logging.Handler:
     """A handler writing to `stream`, formatted for the journal or plainly."""
     handler = logging.StreamHandler(stream)

@@ -123,6 +123,27 @@ def test_priorities_follow_syslog():
     assert syslog_priority(logging.WARNING + 5) == 4, "a level between two takes the lower one's priority"
 
 
+@pytest.mark.parametrize("journal", [False, True], ids=["plain", "journal"])
+def test_why_run_refuses_to_start_is_an_error_in_the_journal(journal, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("bundle:\n  slot: /nowhere\nmode:\n  max_fps: -3\n")
+    env = {key: value for key, value in os.environ.items() if key != "JOURNAL_STREAM"}
+    with (tmp_path / "stderr").open("w") as stderr:
+        if journal:
+            status = os.fstat(stderr.fileno())
+            env["JOURNAL_STREAM"] = f"{status.st_dev}:{status.st_ino}"
+        command = [sys.executable, "-m", "edge_runtime", "run", "--config", str(config)]
+        code = subprocess.run(command, stderr=stderr, env=env, cwd=REPO_ROOT, timeout=120).returncode
+    assert code == 2
+    lines = (tmp_path / "stderr").read_text().splitlines()
+    expected = [
+        f"{config}: 1 problem(s)",
+        "  mode.max_fps: Input should be greater than or equal to 0 (got -3)",
+        "error: refusing to start with an invalid config",
+    ]
+    assert lines == ([f"<3>{line}" for line in expected] if journal else expected)
+
+
 def test_run_logs_through_the_service_setup():
     source = (REPO_ROOT / "edge_runtime" / "__main__.py").read_text()
     assert "configure_logging(config.log_level)" in source and "basicConfig" not in source
