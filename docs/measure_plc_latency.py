@@ -1,7 +1,6 @@
 """Frame -> value latency of the Sparkplug DDATA and the OPC UA variables, seen by real clients on this machine."""
 
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -13,14 +12,10 @@ import paho.mqtt.client as mqtt
 import yaml
 from asyncua import Client
 
+from edge_runtime.local_ports import free_port
+
 SLOT, WORK, SECONDS = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 40
 WORK.mkdir(parents=True, exist_ok=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 MQTT_PORT, UA_PORT = free_port(), free_port()

@@ -31,8 +31,8 @@ def _add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="OpenVINO compiled-model cache")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m edge_runtime", description=__doc__)
+def build_parser(prog: str = "python -m edge_runtime") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="inspect image files with a bundle and print the verdicts")
     _add_bundle_arguments(inspect)
@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, required=True, help="runtime config (configs/runtime/*.yaml)")
     validate = commands.add_parser("validate-config", help="check a runtime config and explain every problem")
     validate.add_argument("config", type=Path)
+    validate.add_argument(
+        "--offline",
+        action="store_true",
+        help="check the schema only, e.g. on a host: missing files and folders are listed as notices (exit 0), "
+        "the camera pipeline is not built",
+    )
     return parser
 
 
@@ -146,6 +152,8 @@ def _checked_config(path: Path):  # noqa: ANN202 - ServiceConfig, imported lazil
 def _validate_config(args: argparse.Namespace) -> int:
     from edge_runtime.service.service_config import ConfigError, summary
 
+    if args.offline:
+        return _validate_config_offline(args.config)
     try:
         config = _checked_config(args.config)
     except ConfigError as error:
@@ -155,11 +163,30 @@ def _validate_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate_config_offline(path: Path) -> int:
+    """The schema only: where the config is written, its bundle, keys and state are usually not there yet."""
+    from edge_runtime.service.service_config import ConfigError, file_problems, read_config, summary
+
+    try:
+        config = read_config(path)
+    except ConfigError as error:
+        print(error.explain(), file=sys.stderr)
+        return 2
+    missing = file_problems(config)
+    print(f"{path}: schema valid (offline: files not required, camera pipeline not built)")
+    for problem in missing:
+        print(f"notice: {problem}")
+    if missing:
+        print(f"notice: {len(missing)} file(s) or folder(s) missing here; the full check without --offline needs them")
+    print(summary(config))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
-    import logging
     import signal
     import threading
 
+    from edge_runtime.service.log_setup import configure_logging, error_lines
     from edge_runtime.service.model_startup import ModelUnavailable
     from edge_runtime.service.publisher import CredentialError
     from edge_runtime.service.service import Service
@@ -168,28 +195,29 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config = _checked_config(args.config)
     except ConfigError as error:
-        print(error.explain(), file=sys.stderr)
-        print("error: refusing to start with an invalid config", file=sys.stderr)
+        print(error_lines(f"{error.explain()}\nerror: refusing to start with an invalid config"), file=sys.stderr)
         return EXIT_BAD_CONFIG
-    logging.basicConfig(
-        level=config.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(config.log_level)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
         Service(config).run(stop)
     except CredentialError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(error_lines(f"error: {error}"), file=sys.stderr)
         return EXIT_BAD_CONFIG
     except ModelUnavailable as error:
-        print(f"error: {error}; exiting with status {EXIT_NO_MODEL} to be started again", file=sys.stderr)
+        print(error_lines(f"error: {error}; exiting with status {EXIT_NO_MODEL} to be started again"), file=sys.stderr)
         return EXIT_NO_MODEL
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    return dispatch(build_parser().parse_args(argv))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; `d3ad` parses with its own program name and calls this too."""
     if args.command == "validate-config":
         return _validate_config(args)
     try:

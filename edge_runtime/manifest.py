@@ -19,6 +19,7 @@ from pydantic import (
 from edge_runtime.anomaly_map import MAP_KINDS, MapStats
 from edge_runtime.bundle_errors import BundleError
 from edge_runtime.calibration import Calibration
+from edge_runtime.config_errors import describe_problems
 from edge_runtime.preprocess import ColorMode
 from edge_runtime.schedule import DiffusionSchedule
 from edge_runtime.settings import InspectionSettings, StrictModel
@@ -330,7 +331,7 @@ class Manifest(_Spec):
         try:
             manifest = cls.model_validate_json(data)
         except ValidationError as error:
-            problems = "; ".join(_describe(problem) for problem in error.errors())
+            problems = "; ".join(describe_problems(error, top_level="manifest"))
             raise BundleError("malformed_manifest", f"{MANIFEST_NAME}: {problems}") from error
         if not manifest.files:
             raise BundleError("malformed_manifest", f"{MANIFEST_NAME}: files is empty; a bundle lists every file")
@@ -348,16 +349,3 @@ def _check_schema_version(raw: dict[str, Any]) -> None:
             f"{MANIFEST_NAME} has schema_version {version!r}; "
             f"supported versions are {sorted(SUPPORTED_SCHEMA_VERSIONS)}",
         )
-
-
-def _describe(problem: Any) -> str:
-    """One pydantic error as 'key.path: message (got value)'."""
-    location = ".".join(str(part) for part in problem["loc"]) or "manifest"
-    message = str(problem["msg"]).removeprefix("Value error, ")
-    value = problem.get("input")
-    if problem["type"] == "missing" or not problem["loc"] or isinstance(value, (dict, list)):
-        return f"{location}: {message}"
-    shown = repr(value)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return f"{location}: {message} (got {shown})"

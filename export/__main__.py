@@ -25,8 +25,8 @@ def _positive(text: str) -> int:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     keygen = commands.add_parser("keygen", help="create an Ed25519 signing key pair")
     keygen.add_argument("--out", type=Path, required=True, help="writes OUT.pem (private) and OUT.pub.pem (public)")
@@ -184,7 +184,11 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    return dispatch(build_parser().parse_args(argv))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; `d3ad` parses with its own program name and calls this too."""
     try:
         if args.command == "demo":
             return _demo(args)
@@ -223,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
             precisions = ", ".join(f"{n}={s.precision}" for n, s in manifest.networks.items())
             target = f"for {manifest.target.product}/{manifest.target.device_class}" if manifest.target else "unbound"
             print(f"bundle: {args.out} (model {manifest.model_version}, {target}; {precisions})")
-    except (ConfigError, BundleError, PushError, OSError, ValueError) as error:
+    except ConfigError as error:
+        print(f"error: {error.explain()}", file=sys.stderr)  # one line per problem
+        return 2
+    except (BundleError, PushError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

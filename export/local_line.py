@@ -13,17 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+from edge_runtime.local_ports import free_port
+
 SERVICE_STOP_S = 30.0
 
 
 class LocalLineError(RuntimeError):
     """The broker or the service could not be started; the message says why and where the log is."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def mosquitto_binary() -> str:

@@ -86,13 +86,16 @@ make_venv() {
         fail "pip install of the device package failed"
     fi
     "$venv/bin/python" -c "import edge_runtime.service.service" || fail "the installed runtime does not import"
+    "$venv/bin/d3ad" --version >/dev/null || fail "the d3ad command was not installed in $venv/bin"
     echo "venv in $venv"
 }
 
+# The unit, and the template for one instance per camera (d3ad-inspector@NAME runs /etc/d3ad-inspector/NAME.yaml).
 install_unit() {
     install -d -m 0755 "$ROOT$UNIT_DIR"
     install -m 0644 "$REPO/systemd/$SERVICE.service" "$ROOT$UNIT_DIR/$SERVICE.service"
-    echo "unit in $ROOT$UNIT_DIR/$SERVICE.service"
+    install -m 0644 "$REPO/systemd/$SERVICE@.service" "$ROOT$UNIT_DIR/$SERVICE@.service"
+    echo "units in $ROOT$UNIT_DIR: $SERVICE.service, $SERVICE@.service (one instance per camera)"
 }
 
 # The site's config is installed once; later runs keep whatever the site made of it.
@@ -138,10 +141,11 @@ Before the first start, put these files in place (names as in $CONFIG_DIR/inspec
   $CONFIG_DIR/mqtt-password     the MQTT password, root only; systemd hands it to the service as a credential.
       Type it, then Enter and Ctrl-D:   install -m 0600 -o root -g root /dev/stdin $CONFIG_DIR/mqtt-password
 Set the camera, broker and device id in $CONFIG_DIR/inspector.yaml, then check it:
-  runuser -u $SERVICE_USER -- $PREFIX/venv/bin/python -m edge_runtime validate-config $CONFIG_DIR/inspector.yaml
+  runuser -u $SERVICE_USER -- $PREFIX/venv/bin/d3ad validate-config $CONFIG_DIR/inspector.yaml
 Start and watch it:
   systemctl start $SERVICE && systemctl status $SERVICE
   journalctl -u $SERVICE -f
+More cameras on this device: one instance each (systemd/README.md, "One instance per camera").
 EOF
 }
 

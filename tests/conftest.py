@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_runtime.local_ports import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -140,12 +142,6 @@ def slot(bundle, keys, tmp_path_factory) -> Path:
 
 
 # --- a real broker, a local bundle server, and bundles repacked as other versions ---------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Broker:

@@ -12,8 +12,8 @@ from train_host.config import ConfigError, load_config
 from train_host.dataset import DatasetError
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train_host", description=__doc__)
+def build_parser(prog: str = "python -m train_host") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="learn good parts from train/good of a dataset")
     train.add_argument("--config", type=Path, required=True, help="YAML training config")
@@ -77,7 +77,11 @@ def _evaluate_bundle(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    return dispatch(build_parser().parse_args(argv))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; `d3ad` parses with its own program name and calls this too."""
     try:
         if args.command == "train":
             from train_host.training import train
@@ -117,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             _evaluate_bundle(args)
         else:
             _evaluate(args.run, args.overrides, args.tag, args.max_per_type, args.device)
-    except (ConfigError, DatasetError, BundleError, FileNotFoundError) as error:
+    except ConfigError as error:
+        print(f"error: {error.explain()}", file=sys.stderr)  # one line per problem
+        return 2
+    except (DatasetError, BundleError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

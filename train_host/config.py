@@ -8,15 +8,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from edge_runtime.config_errors import ConfigError, describe_problems
 from edge_runtime.preprocess import ColorMode
 from edge_runtime.settings import InspectionSettings, StrictModel
 
 BORDER_MULTIPLE = 32  # the coarsest stride, so every stage map crops back to the image exactly
 BACKBONE_STAGE_COUNT = 7  # EfficientNet-Lite0 has seven block stages, strides 2,4,8,16,16,32,32
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the file and key."""
 
 
 class DataConfig(StrictModel):
@@ -170,16 +167,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
-def describe_validation_error(error: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid configuration"]
-    for problem in error.errors():
-        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        value = problem.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"  {key}: {problem['msg']}{shown}")
-    return "\n".join(lines)
-
-
 def parse_config(raw: Any, source: str, overrides: list[str] | None = None) -> TrainConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
@@ -187,7 +174,7 @@ def parse_config(raw: Any, source: str, overrides: list[str] | None = None) -> T
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(describe_validation_error(error, source)) from None
+        raise ConfigError(source, describe_problems(error)) from None
 
 
 def load_config(path: Path, overrides: list[str] | None = None) -> TrainConfig:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import Field, ValidationError
 
 from edge_runtime.bundle import BundleError, load_installed
+from edge_runtime.config_errors import describe_problems
 from edge_runtime.inspector import Inspector
 from edge_runtime.manifest import Manifest
 from edge_runtime.openvino_networks import RuntimeOptions
@@ -32,7 +33,6 @@ from edge_runtime.service.model_store import (
     UpdateRecord,
     new_model,
 )
-from edge_runtime.service.service_config import describe_problem
 from edge_runtime.settings import StrictModel
 
 log = logging.getLogger(__name__)
@@ -352,7 +352,7 @@ def _parse(model: type[StrictModel], body: dict[str, Any]) -> Any:
     try:
         return model.model_validate(body)
     except ValidationError as error:
-        raise CommandError("; ".join(describe_problem(problem) for problem in error.errors())) from error
+        raise CommandError("; ".join(describe_problems(error))) from error
 
 
 def _fetch(request: InstallRequest, target: Path, limits: DownloadLimits) -> Path:

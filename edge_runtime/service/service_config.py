@@ -9,24 +9,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from edge_runtime.config_errors import ConfigError, describe_problems
 from edge_runtime.service.plc_config import OpcUaConfig, SparkplugConfig
 from edge_runtime.settings import StrictModel
 
 # MQTT wildcards and the level separator would change which topics a name stands for.
 _TOPIC_UNSAFE = re.compile(r"[+#\x00]")
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; `problems` lists 'key.path: reason' lines."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
-
-    def explain(self) -> str:
-        lines = [f"{self.source}: {len(self.problems)} problem(s)"]
-        return "\n".join(lines + [f"  {problem}" for problem in self.problems])
 
 
 _TARGET_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # as a bundle's manifest target names them
@@ -281,18 +269,6 @@ class ServiceConfig(StrictModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-def describe_problem(problem: Any) -> str:
-    """One pydantic error as 'key.path: message (got value)'."""
-    location = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-    message = str(problem["msg"]).removeprefix("Value error, ")
-    value = problem.get("input")
-    secret = any("password" in str(part) for part in problem["loc"])
-    if secret or problem["type"] in ("missing", "model_type") or isinstance(value, (dict, list)):
-        return f"{location}: {message}"
-    shown = repr(value)
-    return f"{location}: {message} (got {shown[:77] + '...' if len(shown) > 80 else shown})"
-
-
 def parse_config(raw: Any, source: str) -> ServiceConfig:
     """Validate a parsed YAML document; every problem is named by its key path in one ConfigError."""
     if not isinstance(raw, dict):
@@ -300,11 +276,20 @@ def parse_config(raw: Any, source: str) -> ServiceConfig:
     try:
         return ServiceConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(source, [describe_problem(problem) for problem in error.errors()]) from error
+        raise ConfigError(source, describe_problems(error)) from error
 
 
 def load_config(path: Path) -> ServiceConfig:
     """Read and validate a runtime config file, then check that the files it names exist."""
+    config = read_config(path)
+    problems = file_problems(config)
+    if problems:
+        raise ConfigError(str(path), problems)
+    return config
+
+
+def read_config(path: Path) -> ServiceConfig:
+    """Read and validate a runtime config file's schema; the files it names are not looked for."""
     source = str(path)
     try:
         raw = yaml.safe_load(Path(path).read_text())
@@ -314,11 +299,7 @@ def load_config(path: Path) -> ServiceConfig:
         raise ConfigError(source, [f"(file): cannot be read: {error}"]) from error
     except yaml.YAMLError as error:
         raise ConfigError(source, [f"(file): not valid YAML: {error}".replace("\n", " ")]) from error
-    config = parse_config(raw, source)
-    problems = file_problems(config)
-    if problems:
-        raise ConfigError(source, problems)
-    return config
+    return parse_config(raw, source)
 
 
 def file_problems(config: ServiceConfig) -> list[str]:

@@ -15,6 +15,8 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UNIT = REPO_ROOT / "systemd" / "d3ad-inspector.service"
+TEMPLATE = REPO_ROOT / "systemd" / "d3ad-inspector@.service"
+D3AD = "/opt/d3ad-inspector/venv/bin/d3ad"
 INSTALL_SCRIPT = REPO_ROOT / "systemd" / "install-service.sh"
 SITE_CONFIG = REPO_ROOT / "configs" / "runtime" / "site.yaml"
 VENV_PYTHON = "/opt/d3ad-inspector/venv/bin/python"
@@ -207,3 +209,77 @@ def test_make_target_calls_the_install_script(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert f"systemd/install-service.sh --root {tmp_path} --no-venv" in result.stdout
+
+
+# --- the template unit: one instance per camera ----------------------------------------------------------------
+
+# What differs per instance, each naming the instance; every other line is as in the plain unit.
+PER_INSTANCE = {"ExecStart", "WorkingDirectory", "StateDirectory", "CacheDirectory", "Environment", "SyslogIdentifier"}
+
+
+def verifiable_instance(folder: Path, text: str, instance: str = "cam1") -> Path:
+    """The template as an instance's unit file (verify checks templates only through an instance name), with the
+    d3ad command swapped for an executable that exists here."""
+    assert D3AD in text
+    path = folder / TEMPLATE.name.replace("@.", f"@{instance}.")
+    path.write_text(text.replace(D3AD, sys.executable))
+    return path
+
+
+@needs_systemd_analyze
+def test_template_passes_systemd_analyze_verify_without_warnings(tmp_path):
+    unit = verifiable_instance(tmp_path, TEMPLATE.read_text())
+    result = verify(unit)
+    ours = [line for line in (result.stdout + result.stderr).splitlines() if unit.name in line]
+    assert result.returncode == 0, result.stderr
+    assert ours == [], ours
+    broken = verify(verifiable_instance(tmp_path, TEMPLATE.read_text().replace("ProtectSystem=", "ProtectSytem=")))
+    assert "Unknown key 'ProtectSytem'" in broken.stdout + broken.stderr, "verify reads the instance's file"
+
+
+@needs_systemd_analyze
+def test_template_exposure_is_as_low_as_the_plain_units(tmp_path):
+    unit = verifiable_instance(tmp_path, TEMPLATE.read_text())
+    command = [SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(unit)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert found, result.stdout[-2000:] + result.stderr
+    assert float(found.group(1)) <= 2.5, result.stdout
+
+
+def test_template_runs_d3ad_with_the_instances_config_and_state():
+    service = unit_settings(TEMPLATE.read_text())["Service"]
+    assert service["ExecStart"] == [f"{D3AD} run --config /etc/d3ad-inspector/%i.yaml"]
+    assert service["StateDirectory"] == ["d3ad-inspector-%i"]
+    assert service["CacheDirectory"] == ["d3ad-inspector-%i"]
+    assert service["WorkingDirectory"] == ["/var/lib/d3ad-inspector-%i"]
+    assert service["Environment"] == [
+        "HOME=/var/lib/d3ad-inspector-%i",
+        "XDG_CACHE_HOME=/var/cache/d3ad-inspector-%i",
+        "PYTHONUNBUFFERED=1",
+    ]
+    assert service["ConfigurationDirectory"] == ["d3ad-inspector"], "config, bundles and keys: one folder, read-only"
+
+
+def test_template_keeps_every_setting_and_hardening_directive_of_the_plain_unit():
+    plain, template = unit_settings(UNIT.read_text()), unit_settings(TEMPLATE.read_text())
+    assert set(template) == set(plain)
+    assert template["Install"] == plain["Install"]
+    assert {k: v for k, v in template["Unit"].items() if k != "Description"} == {
+        k: v for k, v in plain["Unit"].items() if k != "Description"
+    }
+    assert "%i" in template["Unit"]["Description"][0]
+    assert set(template["Service"]) == set(plain["Service"]), "no directive added or left out"
+    for key, values in plain["Service"].items():
+        if key in PER_INSTANCE:
+            assert any("%i" in value for value in template["Service"][key]), key
+        else:
+            assert template["Service"][key] == values, key
+
+
+def test_install_script_places_the_template_beside_the_unit(tmp_path):
+    root = tmp_path / "root"
+    result = run_install("--root", str(root), "--no-venv")
+    assert result.returncode == 0, result.stderr
+    assert (root / "etc/systemd/system" / TEMPLATE.name).read_text() == TEMPLATE.read_text()
+    assert f"{D3AD} validate-config" in result.stdout

@@ -13,16 +13,11 @@ from asyncua import Client, ua
 from asyncua.crypto import cert_gen
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from edge_runtime.local_ports import free_port
 from edge_runtime.service.plc_links import PlcLinkError
 
 NAMESPACE = "urn:d3ad:inspector"
 PASSWORD = "line-1 secret"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

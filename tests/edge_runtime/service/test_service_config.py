@@ -95,6 +95,54 @@ def test_a_valid_config_gets_a_short_summary(tmp_path, capsys):
     assert "valid" in out and "triggered" in out and "d3ad/cam-7/" in out
 
 
+SHIPPED = sorted((REPO_ROOT / "configs" / "runtime").glob("*.yaml"))
+
+
+def commented_check(path: Path) -> list[str]:
+    """The offline check a shipped config's header comment tells a reader to run, as d3ad arguments."""
+    header = [line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")]
+    commands = [line for line in header if line.startswith(".venv/bin/d3ad validate-config --offline ")]
+    assert len(commands) == 1, f"{path.name}: no single offline check in its comment: {header}"
+    return commands[0].removeprefix(".venv/bin/d3ad ").split()
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.name)
+def test_shipped_configs_validate_offline_as_their_comment_says(path, monkeypatch, capsys):
+    from edge_runtime.cli import main as d3ad
+
+    argv = commented_check(path)
+    assert argv[-1] == str(path.relative_to(REPO_ROOT)), "the comment names the config itself"
+    monkeypatch.chdir(REPO_ROOT)  # the comment's paths are relative to the repository root
+    assert d3ad(argv) == 0
+    out = capsys.readouterr().out
+    assert f"{argv[-1]}: schema valid" in out
+    config = parse_config(yaml.safe_load(path.read_text()), str(path))
+    bundle = config.bundle.slot or config.bundle.archive
+    if not bundle.exists():  # as shipped: the bundle is missing, named as a notice
+        assert f"notice: bundle.{'slot' if config.bundle.slot else 'archive'}: " in out and str(bundle) in out
+
+
+def test_offline_check_still_refuses_an_unknown_key_and_names_it(tmp_path, capsys):
+    raw = {"bundle": {"slot": str(tmp_path / "nowhere")}, "camera": {"zoom": 2}, "colour": "blue"}
+    assert main(["validate-config", "--offline", str(write(tmp_path / "bad.yaml", raw))]) == 2
+    err = capsys.readouterr().err
+    assert "colour: Extra inputs are not permitted" in err and "camera.zoom: Extra inputs are not permitted" in err
+    assert "nowhere" not in err, "missing files are not problems offline"
+    assert main(["validate-config", "--offline", str(tmp_path / "absent.yaml")]) == 2
+    assert "(file): does not exist" in capsys.readouterr().err
+
+
+def test_offline_check_lists_missing_files_as_notices_and_the_full_check_refuses_them(tmp_path, capsys):
+    raw = {"bundle": {"slot": str(tmp_path / "nowhere")}, "mqtt": {"username": "u", "password_file": "/no/pw"}}
+    path = write(tmp_path / "files.yaml", raw)
+    assert main(["validate-config", "--offline", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"notice: bundle.slot: folder {tmp_path / 'nowhere'} does not exist" in out
+    assert "notice: mqtt.password_file: file /no/pw does not exist" in out
+    assert main(["validate-config", str(path)]) == 2
+    assert "bundle.slot: folder" in capsys.readouterr().err
+
+
 def test_the_fallback_of_a_failing_new_model_has_defaults_and_strict_keys(tmp_path):
     fallback = parse_config({"bundle": {"slot": str(tmp_path)}}, "minimal").updates.fallback
     assert (fallback.enabled, fallback.max_failures, fallback.window_s) == (True, 5, 60.0)
