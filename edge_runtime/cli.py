@@ -52,6 +52,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("push", "export", "install a bundle on a device over MQTT, or roll it back"),
     Command("collect", "export", "parts a device kept into an MVTec-layout folder"),
     Command("demo", "export", "train, export and run the edge service end to end", needs_torch=True),
+    Command("soak", "export", "the demo model through broker outages and a kill -9, every result checked"),
     Command("run", "edge_runtime", "the streaming service: camera frames in, results out over MQTT"),
     Command("inspect", "edge_runtime", "inspect image files or folders with a bundle", folders_for_files=True),
     Command("bench", "edge_runtime", "latency and throughput of a bundle on real frames"),
