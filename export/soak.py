@@ -14,7 +14,7 @@ import platform
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 import yaml
 
 from edge_runtime.service.mqtt_topics import Topics
+from edge_runtime.service.service import OUTBOX_FILE
 from edge_runtime.service.service_config import parse_config
 from export.conveyor import load_truth
 from export.local_line import LocalBroker, LocalLineError, ServiceProcess
@@ -41,7 +42,6 @@ from export.soak_report import (
 
 PREFIX = "factory"
 DEVICE_ID = "soak"
-OUTBOX_FILE = "outbox.sqlite"
 DRAIN_TIMEOUT_S = 180.0
 
 
@@ -111,8 +111,7 @@ class Collector:
 
 
 def runtime_config(options: SoakOptions, port: int, state_dir: Path) -> dict:
-    conveyor = load_truth(options.conveyor)
-    conveyor = type(conveyor)(conveyor.folder, conveyor.parts, Fraction(options.camera_fps), conveyor.frame_size)
+    conveyor = replace(load_truth(options.conveyor), fps=Fraction(options.camera_fps))
     raw = {
         "bundle": {"archive": str(options.bundle.resolve()), "trusted_keys": [str(options.trusted_key.resolve())]},
         "state_dir": str(state_dir.resolve()),
@@ -161,7 +160,7 @@ class Soak:
         self.boots += 1
         return ServiceProcess(config_path, self.device / f"service-{self.boots}.log").__enter__()
 
-    def wait_for_results(self, collector: Collector, started: float, timeout_s: float) -> None:
+    def wait_for_results(self, collector: Collector, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if any(m.topic == self.topics.result for m in collector.snapshot()):
@@ -180,7 +179,7 @@ class Soak:
             collector.start()
             service = self.start_service(config_path)
             try:
-                self.wait_for_results(collector, origin, 120)
+                self.wait_for_results(collector, 120)
                 streaming_from = time.monotonic()
                 service = self.follow_timeline(broker, collector, service, config_path, streaming_from)
                 streaming_s = time.monotonic() - streaming_from
@@ -226,8 +225,9 @@ class Soak:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while time.monotonic() < deadline:
             time.sleep(2 * self.options.stats_interval_s)
-            records = group_by_boot(collector.snapshot(), self.topics.result, self.topics.stats, DEVICE_ID)
-            boot_id = latest_boot(collector.snapshot(), self.topics)
+            messages = collector.snapshot()
+            records = group_by_boot(messages, self.topics.result, self.topics.stats, DEVICE_ID)
+            boot_id = latest_boot(messages, self.topics)
             record = records.get(boot_id) if boot_id else None
             if record is not None and drained(record):
                 self.ends[boot_id] = BootEnd(boot_id, "stopped", time.monotonic() - collector.started)
