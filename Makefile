@@ -40,16 +40,16 @@ test: setup lint
 # 128 px, or synthetic parts the demo makes when ../shared/datasets is missing), export a signed INT8 bundle,
 # start mosquitto and the edge service on a conveyor stream of labelled test parts, print every result as it
 # arrives and a summary; overlays and summary.json land in runs/demo. A finished training run is reused:
-# `make demo DEMO_ARGS=--fresh` trains again (`python -m export demo --help` lists the options).
+# `make demo DEMO_ARGS=--fresh` trains again (`python -m demo_line demo --help` lists the options).
 demo: setup
-	$(PY) -m export demo --out runs/demo $(DEMO_ARGS)
+	$(PY) -m demo_line demo --out runs/demo $(DEMO_ARGS)
 
 # Ten minutes of the demo model at full rate with the broker stopped twice for 60 s and the service killed
 # (kill -9) once; checks that every result arrived exactly once, in order, one per inspected frame. Runs the
 # demo first when it has not been run. Figures in runs/soak/soak.json (and docs/MQTT.md).
 soak: setup
-	@ls runs/demo/bundle/*.tar >/dev/null 2>&1 || $(PY) -m export demo --out runs/demo
-	$(PY) -m export soak --demo runs/demo --out runs/soak $(SOAK_ARGS)
+	@ls runs/demo/bundle/*.tar >/dev/null 2>&1 || $(PY) -m demo_line demo --out runs/demo
+	$(PY) -m demo_line soak --demo runs/demo --out runs/soak $(SOAK_ARGS)
 
 # Device benchmark at 256 px on magnetic_tile: trains the run first if it is missing (about 30 min on 2 cores),
 # exports INT8, gated (auto) and FP32 bundles, then measures them and the torch FP32 baseline.

@@ -1,7 +1,6 @@
 """Frame -> value latency of the Sparkplug DDATA and the OPC UA variables, seen by real clients on this machine."""
 
 import asyncio
-import subprocess
 import sys
 import time
 from datetime import timezone
@@ -12,16 +11,16 @@ import paho.mqtt.client as mqtt
 import yaml
 from asyncua import Client
 
+from demo_line.local_line import LocalBroker, ServiceProcess
 from edge_runtime.local_ports import free_port
 
 SLOT, WORK, SECONDS = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 40
 WORK.mkdir(parents=True, exist_ok=True)
 
 
-MQTT_PORT, UA_PORT = free_port(), free_port()
-(WORK / "m.conf").write_text(f"listener {MQTT_PORT} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-broker = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(WORK / "m.conf")], stderr=subprocess.DEVNULL)
-time.sleep(0.5)
+broker = LocalBroker(WORK / "broker")
+broker.start()
+MQTT_PORT, UA_PORT = broker.port, free_port()
 (WORK / "pw").write_text("secret\n")
 config = {
     "bundle": {"slot": str(SLOT)},
@@ -35,10 +34,8 @@ config = {
     "opcua": {"enabled": True, "port": UA_PORT, "users": [{"username": "plc", "password_file": str(WORK / "pw")}]},
 }
 (WORK / "bench.yaml").write_text(yaml.safe_dump(config))
-svc = subprocess.Popen(
-    [sys.executable, "-m", "edge_runtime", "run", "--config", str(WORK / "bench.yaml")],
-    stderr=(WORK / "service.log").open("w"),  # noqa: SIM115 - open for the life of the process
-)
+svc = ServiceProcess(WORK / "bench.yaml", WORK / "service.log")
+svc.start()
 sys.path.insert(0, str(Path.cwd() / "tests/edge_runtime/service"))
 from test_sparkplug import decode_payload  # noqa: E402 - the tests' independent Sparkplug decoder
 
@@ -103,10 +100,9 @@ async def opcua():
 
 asyncio.run(opcua())
 print(f"done: {len(spb)} DDATA, {len(ua_lat)} OPC UA", file=sys.stderr, flush=True)
-svc.terminate()
-svc.wait(30)
+svc.stop()
 sub.loop_stop()
-broker.terminate()
+broker.stop()
 for name, values in (("Sparkplug DDATA", spb[5:]), ("OPC UA PartId", ua_lat[5:])):
     v = np.array(values)
     print(

@@ -1,8 +1,8 @@
 """`d3ad`: one command for every job of the product, on the host and on the device.
 
-Each subcommand is the same job as its `python -m train_host|export|edge_runtime` form, with the same arguments.
-The package behind a subcommand is imported only when that subcommand runs, so the device commands (run, inspect,
-bench, validate-config) work where torch and the host packages are not installed.
+Each subcommand is the same job as its `python -m train_host|export|demo_line|edge_runtime` form, with the same
+arguments. The package behind a subcommand is imported only when that subcommand runs, so the device commands (run,
+inspect, bench, validate-config) work where torch and the host packages are not installed.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("bundle", "export", "turn a training run into a signed model bundle", needs_torch=True),
     Command("push", "export", "install a bundle on a device over MQTT, or roll it back"),
     Command("collect", "export", "parts a device kept into an MVTec-layout folder"),
-    Command("demo", "export", "train, export and run the edge service end to end", needs_torch=True),
-    Command("soak", "export", "the demo model through broker outages and a kill -9, every result checked"),
+    Command("demo", "demo_line", "train, export and run the edge service end to end", needs_torch=True),
+    Command("soak", "demo_line", "the demo model through broker outages and a kill -9, every result checked"),
     Command("run", "edge_runtime", "the streaming service: camera frames in, results out over MQTT"),
     Command("inspect", "edge_runtime", "inspect image files or folders with a bundle", folders_for_files=True),
     Command("bench", "edge_runtime", "latency and throughput of a bundle on real frames"),

@@ -1,25 +1,20 @@
 """Shared fixtures: the real datasets beside the repository, a tiny trained run and its bundle built once, a real
-mosquitto broker and a local server for bundles."""
+mosquitto broker (the demo line's, so there is one way to start one) and a local server for bundles."""
 
 from __future__ import annotations
 
-import getpass
 import os
 import shutil
-import socket
-import subprocess
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from edge_runtime.local_ports import free_port
+from demo_line.local_line import LocalBroker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASETS = REPO_ROOT.parent / "shared" / "datasets"
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 def dataset_root(name: str) -> Path:
@@ -144,56 +139,19 @@ def slot(bundle, keys, tmp_path_factory) -> Path:
 # --- a real broker, a local bundle server, and bundles repacked as other versions ---------------------------
 
 
-class Broker:
-    """mosquitto on 127.0.0.1; stop() and start() again keep the port. With `persistent`, sessions and queued
-    messages survive a restart (saved on SIGTERM), so a listener misses nothing while the broker is down."""
-
-    def __init__(self, folder: Path, persistent: bool = False) -> None:
-        self.port = free_port()
-        self.config = folder / "mosquitto.conf"
-        # `user`: mosquitto started as root would otherwise switch to `mosquitto` and not read the temp folder.
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", f"user {getpass.getuser()}"]
-        lines.append(f"persistence {str(persistent).lower()}")
-        if persistent:
-            lines.append(f"persistence_location {folder}/")
-        self.config.write_text("\n".join(lines) + "\n")
-        self.log = folder / "mosquitto.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with self.log.open("a") as log:
-            self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=log)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not start: {self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    server = Broker(tmp_path)
-    server.start()
-    yield server
-    server.stop()
+def broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    with LocalBroker(tmp_path / "broker") as server:
+        yield server
 
 
 @pytest.fixture
 def new_broker(tmp_path: Path) -> Iterator:
-    """Make (not start) brokers whose config a test may rewrite, e.g. for TLS; all stopped afterwards."""
-    made: list[Broker] = []
+    """Make (not start) brokers with extra config lines, e.g. for TLS or an ACL; all stopped afterwards."""
+    made: list[LocalBroker] = []
 
-    def make(persistent: bool = False) -> Broker:
-        made.append(Broker(tmp_path, persistent))
+    def make(persistent: bool = False, extra_config: Sequence[str] = (), allow_anonymous: bool = True) -> LocalBroker:
+        made.append(LocalBroker(tmp_path / f"broker-{len(made)}", persistent, extra_config, allow_anonymous))
         return made[-1]
 
     yield make
@@ -202,11 +160,9 @@ def new_broker(tmp_path: Path) -> Iterator:
 
 
 @pytest.fixture
-def persistent_broker(tmp_path: Path) -> Iterator[Broker]:
-    server = Broker(tmp_path, persistent=True)
-    server.start()
-    yield server
-    server.stop()
+def persistent_broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    with LocalBroker(tmp_path / "broker", persistent=True) as server:
+        yield server
 
 
 class BundleServer:

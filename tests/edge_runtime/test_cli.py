@@ -1,4 +1,4 @@
-"""`d3ad`: one command over the three packages' command lines; device commands never need torch."""
+"""`d3ad`: one command over the packages' command lines; device commands never need torch."""
 
 from __future__ import annotations
 
@@ -73,8 +73,8 @@ def test_version_falls_back_to_pyproject_when_not_installed(monkeypatch):
     assert cli.pyproject_version(Path("/nonexistent/pyproject.toml")) == "unknown"
 
 
-def test_every_job_of_the_three_command_lines_has_a_subcommand():
-    for package in ("train_host", "export", "edge_runtime"):
+def test_every_job_of_each_package_command_line_has_a_subcommand():
+    for package in ("train_host", "export", "demo_line", "edge_runtime"):
         parser = importlib.import_module(f"{package}.__main__").build_parser()
         subcommands = next(a for a in parser._actions if a.dest == "command")
         names = {c.package_name for c in cli.COMMANDS if c.package == package}
@@ -124,7 +124,7 @@ def test_a_host_command_without_torch_names_the_extra(argv):
 
 
 def test_a_host_command_on_a_device_without_the_host_packages_names_the_extra(tmp_path):
-    result = d3ad_without({"torch", "train_host", "export"}, ["keygen", "--out", str(tmp_path / "k")])
+    result = d3ad_without({"torch", "train_host", "export", "demo_line"}, ["keygen", "--out", str(tmp_path / "k")])
     assert result.returncode == 2, result.stderr
     assert "needs the train_host package" in result.stderr or "needs the export package" in result.stderr
     assert "d3ad-inspector[host]" in result.stderr and "Traceback" not in result.stderr
@@ -132,7 +132,7 @@ def test_a_host_command_on_a_device_without_the_host_packages_names_the_extra(tm
 
 
 def test_device_commands_run_without_torch_or_host_code(tmp_path):
-    blocked = {"torch", "train_host", "export"}
+    blocked = {"torch", "train_host", "export", "demo_line"}
     absent = str(tmp_path / "absent.yaml")
     for argv in (["validate-config", absent], ["run", "--config", absent]):
         result = d3ad_without(blocked, argv)

@@ -81,9 +81,8 @@ def signed_device(new_broker, bundle, keys, tmp_path):
     pki_folder = tmp_path / "pki"
     pki_folder.mkdir()
     pki = make_pki(pki_folder)
-    broker = new_broker()
-    tls = f"cafile {pki['ca']}\ncertfile {pki['server']}\nkeyfile {pki['server_key']}\n"
-    broker.config.write_text(broker.config.read_text() + tls)
+    tls = [f"cafile {pki['ca']}", f"certfile {pki['server']}", f"keyfile {pki['server_key']}"]
+    broker = new_broker(extra_config=tls)
     broker.start()
     raw = {
         "bundle": {"archive": str(bundle[0]), "trusted_keys": [str(keys[1])]},

@@ -91,10 +91,9 @@ def write_acl(acl: Path, results_allowed: bool) -> None:
 def test_results_the_broker_refuses_are_kept_and_sent_once_allowed(new_broker, listen, publish, tmp_path):
     # A persistent broker and listener session: the results must reach the listener whichever of the two
     # clients reconnects first after the restart.
-    broker = new_broker(persistent=True)
     acl = tmp_path / "acl"
     write_acl(acl, results_allowed=False)
-    broker.config.write_text(broker.config.read_text() + f"acl_file {acl}\n")
+    broker = new_broker(persistent=True, extra_config=[f"acl_file {acl}"])
     broker.start()
     listener = listen(broker.port, "test", persistent=True)
     path = tmp_path / "outbox.sqlite"

@@ -63,11 +63,9 @@ def test_tls_client_certificate_and_credential_password(tmp_path, new_broker, ma
     pki = make_pki(tmp_path)
     passwords = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "inspector", "s3cret"], check=True)
-    broker = new_broker()
-    broker.config.write_text(
-        broker.config.read_text().replace("allow_anonymous true", "allow_anonymous false")
-        + f"password_file {passwords}\n"
-        f"cafile {pki['ca']}\ncertfile {pki['server']}\nkeyfile {pki['server_key']}\nrequire_certificate true\n"
+    tls = [f"cafile {pki['ca']}", f"certfile {pki['server']}", f"keyfile {pki['server_key']}"]
+    broker = new_broker(
+        allow_anonymous=False, extra_config=[f"password_file {passwords}", *tls, "require_certificate true"]
     )
     broker.start()
     credentials = tmp_path / "credentials"

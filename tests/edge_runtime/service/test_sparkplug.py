@@ -285,10 +285,8 @@ def test_dcmd_trigger_inspects_the_next_frame_under_its_part_id(broker, listen, 
 
 @pytest.mark.xfail(strict=False, reason="some DDATA intermittently missing after a broker outage (cause open)")
 def test_broker_outage_rebirth_with_new_bdseq_and_historical_parts(new_broker, listen, make_config, run_service):
-    broker = new_broker(persistent=True)
     # QoS 0 DDATA would not wait for an offline subscriber otherwise; the host must see everything.
-    with broker.config.open("a") as conf:
-        conf.write("queue_qos0_messages true\n")
+    broker = new_broker(persistent=True, extra_config=["queue_qos0_messages true"])
     broker.start()
     host = listen(broker.port, "spBv1.0", client_id="host", persistent=True)
     service = run_service(sparkplug_config(make_config, broker.port, mode={"max_fps": 8}))

@@ -4,7 +4,7 @@ A persistent mosquitto, the edge service as a child process on a looping conveyo
 and a collector on a persistent session that records every result and stats message as it arrives. On a
 timeline scaled to the run's length the broker is stopped twice (`outage_s` each) and the service is killed
 once and started again at once, as systemd would. At the end inspection is paused, the outbox drains, and
-`export.soak_report` checks that every result arrived exactly once, in order per process, one per inspected
+`demo_line.soak_report` checks that every result arrived exactly once, in order per process, one per inspected
 frame. The figures go to `<out>/soak.json`."""
 
 from __future__ import annotations
@@ -22,12 +22,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import yaml
 
-from edge_runtime.service.mqtt_topics import Topics
-from edge_runtime.service.service import OUTBOX_FILE
-from edge_runtime.service.service_config import parse_config
-from export.conveyor import load_truth
-from export.local_line import LocalBroker, LocalLineError, ServiceProcess
-from export.soak_report import (
+from demo_line.conveyor import load_truth
+from demo_line.local_line import LocalBroker, LocalLineError, ServiceProcess
+from demo_line.soak_report import (
     BootEnd,
     BootRecord,
     Check,
@@ -39,6 +36,9 @@ from export.soak_report import (
     group_by_boot,
     run_checks,
 )
+from edge_runtime.service.mqtt_topics import Topics
+from edge_runtime.service.service import OUTBOX_FILE
+from edge_runtime.service.service_config import parse_config
 
 PREFIX = "factory"
 DEVICE_ID = "soak"
@@ -158,7 +158,9 @@ class Soak:
 
     def start_service(self, config_path: Path) -> ServiceProcess:
         self.boots += 1
-        return ServiceProcess(config_path, self.device / f"service-{self.boots}.log").__enter__()
+        service = ServiceProcess(config_path, self.device / f"service-{self.boots}.log")
+        service.start()
+        return service
 
     def wait_for_results(self, collector: Collector, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from demo_line.conveyor import Conveyor, ConveyorPart
+from demo_line.local_line import LocalLineError
 from edge_runtime.service.mqtt_topics import Topics
-from export.conveyor import Conveyor, ConveyorPart
-from export.local_line import LocalLineError
 
 
 def say(text: str) -> None:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from edge_runtime.local_ports import free_port
@@ -32,24 +33,45 @@ def mosquitto_binary() -> str:
 
 
 class LocalBroker:
-    """mosquitto on a free loopback port with its own config in `folder`; stopped on leaving the context."""
+    """mosquitto on a free loopback port with its own config in `folder`; stopped on leaving the context.
 
-    def __init__(self, folder: Path, persistent: bool = False) -> None:
+    `extra_config` lines are added to its config (TLS, an ACL, password files...); without `allow_anonymous`,
+    clients must authenticate. start() after stop() comes back on the same port, as after a broker outage."""
+
+    def __init__(
+        self,
+        folder: Path,
+        persistent: bool = False,
+        extra_config: Sequence[str] = (),
+        allow_anonymous: bool = True,
+    ) -> None:
         self.folder = folder
         self.persistent = persistent
+        self.extra_config = tuple(extra_config)
+        self.allow_anonymous = allow_anonymous
         self.port = 0
+        self.config = folder / "mosquitto.conf"
         self.log = folder / "mosquitto.log"
         self.process: subprocess.Popen | None = None
+        self._last_port = 0  # the port of the last run, kept across stop() for start() again
 
     @property
     def persistence_folder(self) -> Path:
         return self.folder / "persistence"
 
     def __enter__(self) -> LocalBroker:
+        self.start()
+        return self
+
+    def start(self) -> None:
+        """Start mosquitto: on a free port the first time, on the same port again after stop()."""
+        if self._last_port:
+            self.restart()
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(3):  # another program may take the free port before mosquitto binds it
             if self._start_on(free_port()):
-                return self
+                return
         raise LocalLineError(f"mosquitto did not start; its log {self.log}:\n{self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
@@ -60,7 +82,9 @@ class LocalBroker:
         """Start mosquitto again on the same port with the same persistence, as after a broker outage."""
         if self.process is not None:
             raise LocalLineError("mosquitto is still running; stop it before restarting it")
-        port, self.port = self.port, 0
+        if not self._last_port:
+            raise LocalLineError("mosquitto was never started, so it has no port to restart on")
+        port, self.port = self._last_port, 0
         # The port was free a moment ago; a client's connection attempts do not hold it, so retry briefly.
         deadline = time.monotonic() + 30
         while not self._start_on(port):
@@ -73,23 +97,24 @@ class LocalBroker:
 
     def _config_lines(self, port: int) -> list[str]:
         # `user`: started as root, mosquitto would switch to the `mosquitto` user, which cannot read this folder.
-        lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", f"user {getpass.getuser()}"]
+        lines = [f"listener {port} 127.0.0.1", f"allow_anonymous {str(self.allow_anonymous).lower()}"]
+        lines.append(f"user {getpass.getuser()}")
         if not self.persistent:
-            return [*lines, "persistence false"]
+            return [*lines, "persistence false", *self.extra_config]
         self.persistence_folder.mkdir(parents=True, exist_ok=True)
         # Sessions (subscriptions, queued QoS 1 messages) survive a restart: saved on SIGTERM, read at start.
-        return [*lines, "persistence true", f"persistence_location {self.persistence_folder}/"]
+        persistence = ["persistence true", f"persistence_location {self.persistence_folder}/"]
+        return [*lines, *persistence, *self.extra_config]
 
     def _start_on(self, port: int) -> bool:
-        config = self.folder / "mosquitto.conf"
-        config.write_text("\n".join(self._config_lines(port)) + "\n")
+        self.config.write_text("\n".join(self._config_lines(port)) + "\n")
         with self.log.open("a") as log:
-            self.process = subprocess.Popen([mosquitto_binary(), "-c", str(config)], stdout=log, stderr=log)
+            self.process = subprocess.Popen([mosquitto_binary(), "-c", str(self.config)], stdout=log, stderr=log)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and self.process.poll() is None:
             with contextlib.suppress(OSError):
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                self.port = port
+                self.port = self._last_port = port
                 return True
             time.sleep(0.05)
         self.__exit__()
@@ -123,9 +148,12 @@ class ServiceProcess:
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> ServiceProcess:
+        self.start()
+        return self
+
+    def start(self) -> None:
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
-        return self
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None

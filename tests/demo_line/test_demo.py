@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import yaml
 
+from demo_line.__main__ import main
+from demo_line.conveyor import choose_parts, frame_rate, load_truth, write_conveyor
+from demo_line.demo import DemoOptions, choose_data, run_demo
+from demo_line.demo_report import Confusion, LatencyStats, Message, PartMatcher
 from edge_runtime.service.mqtt_topics import Topics
-from export.__main__ import main
-from export.conveyor import choose_parts, frame_rate, load_truth, write_conveyor
-from export.demo import DemoOptions, choose_data, run_demo
-from export.demo_report import Confusion, LatencyStats, Message, PartMatcher
 from train_host.dataset import list_test_samples, read_image
 from train_host.synthetic_parts import SyntheticSetSpec, write_synthetic_set
 

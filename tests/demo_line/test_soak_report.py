@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from export.soak_report import BootEnd, PartId, Received, boot_figures, group_by_boot, run_checks
+from demo_line.soak_report import BootEnd, PartId, Received, boot_figures, group_by_boot, run_checks
 
 RESULT, STATS, DEVICE = "f/soak/result", "f/soak/stats", "soak"
 

@@ -1,4 +1,4 @@
-"""`python -m export demo`: the whole product on one machine, from good images to results on MQTT.
+"""`python -m demo_line demo`: the whole product on one machine, from good images to results on MQTT.
 
 Steps: choose the data (the real set when present, else synthetic parts), train and evaluate, sign an INT8
 bundle, put labelled test parts on a conveyor stream, start a local mosquitto and the edge service on that
@@ -18,10 +18,8 @@ from typing import TYPE_CHECKING, Literal
 
 import yaml
 
-from edge_runtime.service.mqtt_topics import Topics
-from edge_runtime.service.service_config import parse_config as parse_runtime_config
-from export.conveyor import Conveyor, choose_parts, frame_rate, write_conveyor
-from export.demo_report import (
+from demo_line.conveyor import Conveyor, choose_parts, frame_rate, write_conveyor
+from demo_line.demo_report import (
     Confusion,
     DemoSummary,
     LatencyStats,
@@ -31,7 +29,9 @@ from export.demo_report import (
     result_line,
     say,
 )
-from export.local_line import LocalBroker, ServiceProcess, mosquitto_binary
+from demo_line.local_line import LocalBroker, ServiceProcess, mosquitto_binary
+from edge_runtime.service.mqtt_topics import Topics
+from edge_runtime.service.service_config import parse_config as parse_runtime_config
 from train_host.config import TrainConfig, load_config
 from train_host.dataset import list_test_samples
 from train_host.synthetic_parts import SyntheticSetSpec, write_synthetic_set

@@ -1,0 +1,119 @@
+"""Command line: `python -m demo_line demo|soak ...`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edge_runtime.bundle_errors import BundleError
+from edge_runtime.config_errors import ConfigError
+
+PRECISIONS = ["auto", "int8", "fp16", "fp32"]  # as `python -m export bundle --precision`
+
+
+def build_parser(prog: str = "python -m demo_line") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="train, export and run the edge service on a conveyor stream, end to end")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder (run, bundle, overlays...)")
+    demo.add_argument("--config", type=Path, default=Path("configs/train/demo.yaml"), help="YAML training config")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    demo.add_argument("--synthetic", action="store_true", help="train on generated parts even if the real set exists")
+    demo.add_argument("--fresh", action="store_true", help="remove the last demo's outputs and train again")
+    demo.add_argument("--no-evaluate", action="store_true", help="skip the evaluation on the labelled test images")
+    demo.add_argument("--parts", type=int, default=40, help="test parts on the conveyor")
+    demo.add_argument("--fps", type=float, default=2.0, help="conveyor frame rate (frames/s)")
+    demo.add_argument("--precision", choices=PRECISIONS, default="auto", help="of the bundle")
+    demo.add_argument("--timeout", type=float, default=None, help="seconds to wait for every part's result")
+    soak = commands.add_parser(
+        "soak", help="stream the demo model through broker outages and a kill -9; check every result arrived once"
+    )
+    soak.add_argument("--demo", type=Path, default=Path("runs/demo"), help="the folder `make demo` wrote")
+    soak.add_argument("--out", type=Path, default=Path("runs/soak"), help="folder for the logs and soak.json")
+    soak.add_argument("--duration", type=float, default=600.0, help="seconds of streaming")
+    soak.add_argument("--outage", type=float, default=60.0, help="seconds of each of the two broker outages")
+    soak.add_argument("--qos", type=int, choices=[1, 2], default=None, help="QoS of results (default: the service's)")
+    return parser
+
+
+def _soak(args: argparse.Namespace) -> int:
+    """Exit 0 when every check passed, 1 when one failed (soak.json says which), 2 when it could not run."""
+    from demo_line.local_line import LocalLineError
+    from demo_line.soak import SoakOptions, run_soak
+
+    bundles = sorted((args.demo / "bundle").glob("*.tar"), key=lambda path: path.stat().st_mtime)
+    if not bundles:
+        print(f"error: no bundle in {args.demo / 'bundle'}; run `make demo` first", file=sys.stderr)
+        return 2
+    options = SoakOptions(
+        bundle=bundles[-1],
+        trusted_key=args.demo / "keys" / "demo.pub.pem",
+        conveyor=args.demo / "conveyor",
+        out=args.out,
+        duration_s=args.duration,
+        outage_s=args.outage,
+        qos=args.qos,
+    )
+    try:
+        report = run_soak(options)
+    except LocalLineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for check in report.checks:
+        print(f"{'ok  ' if check.passed else 'FAIL'} {check.name}: {check.detail}")
+    figures = report.figures
+    print(
+        f"{figures.results_distinct} results for {figures.frames_inspected} frames inspected in "
+        f"{figures.streaming_s:.0f} s ({figures.results_per_s} results/s), {figures.repeats} repeated; "
+        f"{args.out / 'soak.json'}"
+    )
+    return 0 if report.passed else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Exit 0 when every conveyor part got its result, 1 on a timeout (the summary says which are missing)."""
+    from demo_line.demo import DemoError, DemoOptions, run_demo
+    from demo_line.local_line import LocalLineError
+
+    options = DemoOptions(
+        out=args.out,
+        config=args.config,
+        overrides=tuple(args.overrides),
+        synthetic=args.synthetic,
+        fresh=args.fresh,
+        evaluate=not args.no_evaluate,
+        parts=args.parts,
+        fps=args.fps,
+        precision=args.precision,
+        stream_timeout_s=args.timeout,
+    )
+    try:
+        summary = run_demo(options)
+    except (DemoError, LocalLineError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # the broker and the service were stopped on the way out
+        print("demo interrupted", file=sys.stderr)
+        return 130
+    return 1 if summary.timed_out else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch(build_parser().parse_args(argv))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; `d3ad` parses with its own program name and calls this too."""
+    try:
+        return _demo(args) if args.command == "demo" else _soak(args)
+    except ConfigError as error:
+        print(f"error: {error.explain()}", file=sys.stderr)  # one line per problem
+        return 2
+    except (BundleError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
