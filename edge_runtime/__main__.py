@@ -11,9 +11,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_runtime.bundle import BundleError, install_bundle, load_trusted_keys
 from edge_runtime.preprocess import FrameError
+
+if TYPE_CHECKING:  # for annotations only: the inspector loads OpenVINO, which only some commands need
+    import numpy as np
+
+    from edge_runtime.inspector import Inspector
+    from edge_runtime.results import InspectionResult
 
 # Exit statuses of `run`. systemd's unit lists EXIT_BAD_CONFIG in RestartPreventExitStatus: restarting cannot
 # fix a config, an operator must. A damaged model may be put right (a file restored, a disk remounted), so
@@ -36,7 +43,18 @@ def build_parser(prog: str = "python -m edge_runtime") -> argparse.ArgumentParse
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="inspect image files with a bundle and print the verdicts")
     _add_bundle_arguments(inspect)
-    inspect.add_argument("images", type=Path, nargs="+")
+    inspect.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="also write an overlay per image (same relative path), results.jsonl and report.md here",
+    )
+    inspect.add_argument(
+        "images",
+        type=Path,
+        nargs="+",
+        help="image files, or folders: their image files, searched recursively, sorted by path",
+    )
     bench = commands.add_parser("bench", help="latency and throughput of a bundle on real frames")
     _add_bundle_arguments(bench)
     bench.add_argument("--images", type=Path, required=True, help="folder of frames (searched recursively)")
@@ -71,19 +89,44 @@ def _installed_slot(args: argparse.Namespace) -> Iterator[Path]:
 
 
 def _inspect(args: argparse.Namespace) -> None:
+    from edge_runtime.inspect_output import InspectOutput, check_out_folder, overlay_names
     from edge_runtime.inspector import Inspector
     from edge_runtime.openvino_networks import RuntimeOptions
-    from edge_runtime.preprocess import read_image_file
 
+    # Checked before the model loads: a typo should not cost the compile time, nor leave half a run behind.
+    for path in args.images:
+        if not path.exists():
+            raise FileNotFoundError(f"no such image file or folder: {path}")
+    names: list[Path] = []  # where each image's overlay goes under --out
+    if args.out is not None:
+        check_out_folder(args.out, args.images)
+        names = overlay_names(args.images)
     with _installed_slot(args) as slot:
         inspector = Inspector.from_slot(slot, RuntimeOptions(threads=args.threads, cache_dir=args.cache_dir))
-        for path in args.images:
-            result = inspector.inspect(read_image_file(path))
-            verdict = "DEFECT" if result.is_defect else "good"
-            print(
-                f"{path}: {verdict} score={result.score:.3f} bin={result.severity_bin} t={result.timestep} "
-                f"steps={result.steps} regions={len(result.regions)} {result.timings_ms['total']:.1f} ms"
-            )
+        if args.out is None:
+            for path in args.images:
+                _inspect_one(inspector, path)
+            return
+        thresholds = (inspector.calibration.image_threshold, inspector.calibration.pixel_threshold)
+        with InspectOutput(args.out, inspector.model_version, *thresholds) as output:
+            for path, name in zip(args.images, names, strict=True):
+                output.add(path, name, *_inspect_one(inspector, path))
+    flagged = sum(verdict.is_defect for verdict in output.verdicts)
+    print(f"{len(output.verdicts)} image(s), {flagged} flagged as defects; overlays, results and report in {args.out}")
+
+
+def _inspect_one(inspector: Inspector, path: Path) -> tuple[np.ndarray, InspectionResult]:
+    """Read and inspect one image, print its verdict line; the image as read and the result."""
+    from edge_runtime.preprocess import read_image_file
+
+    image = read_image_file(path)
+    result = inspector.inspect(image)
+    verdict = "DEFECT" if result.is_defect else "good"
+    print(
+        f"{path}: {verdict} score={result.score:.3f} bin={result.severity_bin} t={result.timestep} "
+        f"steps={result.steps} regions={len(result.regions)} {result.timings_ms['total']:.1f} ms"
+    )
+    return image, result
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -213,7 +256,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    if args.command == "inspect":
+        from edge_runtime.cli import expand_folder_arguments
+
+        if (problem_exit := expand_folder_arguments(args)) is not None:
+            return problem_exit
+    return dispatch(args)
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -228,6 +277,11 @@ def dispatch(args: argparse.Namespace) -> int:
         else:
             _bench(args)
     except (BundleError, FrameError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # e.g. an --out folder that cannot be written
+        if args.command == "run":
+            raise  # the service's own exit statuses decide whether systemd starts it again
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

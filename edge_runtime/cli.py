@@ -28,7 +28,7 @@ class Command:
     package: str  # whose build_parser() and dispatch() run it
     summary: str
     needs_torch: bool = False
-    folders_for_files: bool = False  # positional image files may be given as folders
+    folders_for_files: bool = False  # positional image files may be given as folders (expanded before dispatch)
     original: str = ""  # its name in the package's own command line, when that differs
 
     @property
@@ -96,6 +96,17 @@ def expand_image_folders(paths: list[Path]) -> list[Path]:
     return expanded
 
 
+def expand_folder_arguments(args: argparse.Namespace) -> int | None:
+    """Replace the folders among `args.images` by their image files; EXIT_USAGE, said why, when one holds none.
+    Both `d3ad` and `python -m edge_runtime` call this, so a folder means the same to either."""
+    try:
+        args.images = expand_image_folders(args.images)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return None
+
+
 def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -135,8 +146,6 @@ def _command_parser(module: ModuleType, command: Command) -> argparse.ArgumentPa
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     chosen = subcommands.choices[command.package_name]
     chosen.prog = f"{PROG} {command.name}"
-    if command.folders_for_files:
-        chosen.epilog = "A folder stands for the image files under it (searched recursively), sorted by path."
     return chosen
 
 
@@ -152,12 +161,8 @@ def run_command(command: Command, argv: list[str]) -> int:
     args.command = command.package_name
     if command.needs_torch and (problem := _torch_problem()) is not None:
         return _missing(command, "torch", problem)
-    if command.folders_for_files:
-        try:
-            args.images = expand_image_folders(args.images)
-        except FileNotFoundError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return EXIT_USAGE
+    if command.folders_for_files and (problem_exit := expand_folder_arguments(args)) is not None:
+        return problem_exit
     return module.dispatch(args)
 
 

@@ -18,6 +18,17 @@ class DefectRegion:
     area: int
     peak: float
 
+    def scaled(self, scale_x: float, scale_y: float) -> DefectRegion:
+        """The same region in the pixels of an image `scale_x` times as wide and `scale_y` times as high."""
+        return DefectRegion(
+            x=round(self.x * scale_x),
+            y=round(self.y * scale_y),
+            width=round(self.width * scale_x),
+            height=round(self.height * scale_y),
+            area=round(self.area * scale_x * scale_y),
+            peak=float(self.peak),
+        )
+
 
 @dataclass(frozen=True)
 class RawMaps:

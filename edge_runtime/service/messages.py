@@ -19,14 +19,8 @@ def utc_now() -> str:
 
 def scaled_box(region: DefectRegion, scale_x: float, scale_y: float) -> dict[str, Any]:
     """A region found at model size, in the pixels of the frame the camera delivered."""
-    return {
-        "x": round(region.x * scale_x),
-        "y": round(region.y * scale_y),
-        "w": round(region.width * scale_x),
-        "h": round(region.height * scale_y),
-        "area": round(region.area * scale_x * scale_y),
-        "peak": round(float(region.peak), 4),
-    }
+    box = region.scaled(scale_x, scale_y)
+    return {"x": box.x, "y": box.y, "w": box.width, "h": box.height, "area": box.area, "peak": round(box.peak, 4)}
 
 
 def result_payload(
