@@ -40,6 +40,7 @@ class Inspector:
         files = {name: slot / spec.xml for name, spec in manifest.networks.items()}
         self.compiled = CompiledNetworks(files, options)
         self.memory = KnnMemory.load(slot / manifest.memory.folder)
+        self.memory.query_threads = self.compiled.options.search_threads()
         self.pipeline = self.new_pipeline()
         self.calibration = manifest.calibration.to_calibration()
         self.size = (manifest.input.height, manifest.input.width)

@@ -21,14 +21,10 @@ IMAGE_POOL_SIZE = 16
 
 
 def local_average(stage_map: np.ndarray) -> np.ndarray:
-    """3x3 neighbourhood mean of a CxHxW map, so each patch sees a little context."""
-    padded = np.pad(stage_map, ((0, 0), (1, 1), (1, 1)), mode="edge")
-    height, width = stage_map.shape[1:]
-    total = np.zeros_like(stage_map)
-    for dy in range(3):
-        for dx in range(3):
-            total += padded[:, dy : dy + height, dx : dx + width]
-    return total / 9.0
+    """3x3 neighbourhood mean of a CxHxW map (edges repeated), so each patch sees a little context."""
+    channels_last = np.ascontiguousarray(stage_map.transpose(1, 2, 0))
+    averaged = cv2.blur(channels_last, (3, 3), borderType=cv2.BORDER_REPLICATE)
+    return averaged.reshape(channels_last.shape).transpose(2, 0, 1)
 
 
 def _resize_channels(stage_map: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
@@ -96,6 +92,9 @@ class KnnMemory:
     projection: np.ndarray | None
     neighbours: int
     extra: ExtraMemory | None = None  # never saved: the bundle's memory stays as signed
+    # Threads per search (a device setting, not saved): the queries of one image are independent, so in latency
+    # mode both cores halve the search; with several frames in flight one each avoids oversubscription.
+    query_threads: int = 1
 
     def describe(self, stage_maps: Sequence[np.ndarray]) -> tuple[np.ndarray, tuple[int, int]]:
         """The vectors stored in (and queried against) this memory for one image."""
@@ -103,7 +102,7 @@ class KnnMemory:
 
     def distances(self, vectors: np.ndarray) -> np.ndarray:
         """Mean distance of each vector to its k nearest good vectors (bundle memory and any extra memory)."""
-        _, squared = self.index.knn_query(vectors, k=self.neighbours, num_threads=1)
+        _, squared = self.index.knn_query(vectors, k=self.neighbours, num_threads=self.query_threads)
         extra = self.extra.nearest_squared(vectors, self.neighbours) if self.extra is not None else None
         squared = merge_nearest(squared, extra, self.neighbours)
         return np.sqrt(np.maximum(squared, 0.0)).mean(axis=1)

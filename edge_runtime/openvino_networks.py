@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,6 +23,13 @@ class RuntimeOptions:
     # f32 keeps results identical across CPUs; CPUs with bf16 units otherwise silently compute in bf16.
     inference_precision: Literal["f32", "bf16"] = "f32"
     cache_dir: Path | None = None
+
+    def search_threads(self) -> int:
+        """Threads for one frame's KNN search: every core when frames go one at a time (latency), one when
+        several frames are in flight (throughput), which keeps the cores busy by itself."""
+        if self.performance_hint == "THROUGHPUT":
+            return 1
+        return self.threads or os.cpu_count() or 1
 
     def compile_config(self) -> dict[str, object]:
         config: dict[str, object] = {

@@ -4,13 +4,13 @@ maps -> normalised fused map -> score. Plain numpy around whatever runs the netw
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 import cv2
 import numpy as np
 
-from edge_runtime.anomaly_map import feature_map, fuse_maps, latent_map, resize_map
+from edge_runtime.anomaly_map import MAP_KINDS, feature_map, fuse_maps, latent_map, resize_map
 from edge_runtime.calibration import Calibration
 from edge_runtime.knn import KnnMemory, Severity
 from edge_runtime.networks import InspectionNetworks
@@ -76,8 +76,10 @@ class InspectionPipeline:
         bins: SeverityBins,
         timer: StageTimer | None = None,
         severity: Severity | None = None,
+        kinds: Collection[str] = MAP_KINDS,
     ) -> RawMaps:
-        """Unnormalised maps; pass `severity` when it is already known to skip the KNN search."""
+        """Unnormalised maps of the given kinds; pass `severity` when it is already known to skip the KNN search.
+        A kind left out is not computed at all (no decode and no map backbone without the feature map)."""
         timer = timer or StageTimer()
         size = image.shape[1:]
         if severity is None:
@@ -86,22 +88,24 @@ class InspectionPipeline:
         severity_bin = bins.bin_of(severity.distance)
         timestep = self.choose_timestep(severity_bin)
         maps: dict[str, np.ndarray] = {}
-        if severity.patch_map is not None:
+        if severity.patch_map is not None and "knn" in kinds:
             maps["knn"] = resize_map(severity.patch_map, size)
         healed_image = None
         steps = 0
-        if self.settings.map_weights.needs_healing:
+        if self.settings.map_weights.needs_healing and ("latent" in kinds or "feature" in kinds):
             with timer.stage("encode"):
                 latent = self.networks.encode(image)
             with timer.stage("denoise"):
                 healed_latent = self.heal_latent(latent, timestep)
-            with timer.stage("decode"):
-                healed_image = self.networks.decode(healed_latent)
-            with timer.stage("feature_maps"):
+            if "latent" in kinds:
                 maps["latent"] = latent_map(latent, healed_latent, size)
-                maps["feature"] = feature_map(
-                    self.networks.map_features(image), self.networks.map_features(healed_image), size
-                )
+            if "feature" in kinds:
+                with timer.stage("decode"):
+                    healed_image = self.networks.decode(healed_latent)
+                with timer.stage("feature_maps"):
+                    maps["feature"] = feature_map(
+                        self.networks.map_features(image), self.networks.map_features(healed_image), size
+                    )
             steps = len(self.sampler.timestep_pairs(timestep))
         return RawMaps(
             severity_distance=severity.distance,
@@ -112,14 +116,18 @@ class InspectionPipeline:
             healed_image=healed_image,
         )
 
+    def fused_weights(self, calibration: Calibration) -> dict[str, float]:
+        return calibration.map_weights or self.settings.map_weights.as_dict()
+
     def anomaly_map(self, raw: RawMaps, calibration: Calibration) -> np.ndarray:
-        weights = calibration.map_weights or self.settings.map_weights.as_dict()
-        return fuse_maps(raw.maps, calibration.map_stats, weights, self.settings.blur_sigma)
+        return fuse_maps(raw.maps, calibration.map_stats, self.fused_weights(calibration), self.settings.blur_sigma)
 
     def inspect(self, image: np.ndarray, calibration: Calibration) -> InspectionResult:
         timer = StageTimer()
         start = time.perf_counter()
-        raw = self.raw_maps(image, calibration.bins, timer)
+        # Only the maps the fusion weighs are computed: a zero weight saves its networks' time.
+        used = [kind for kind, weight in self.fused_weights(calibration).items() if weight > 0.0]
+        raw = self.raw_maps(image, calibration.bins, timer, kinds=used)
         with timer.stage("fuse"):
             combined = self.anomaly_map(raw, calibration)
             score = float(combined.max())

@@ -46,6 +46,13 @@ def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
     bundle.add_argument(
         "--gate-good-images", type=_positive, default=64, help="held-out goods in the gate (each also made defective)"
     )
+    bundle.add_argument(
+        "--search-ef",
+        type=_positive,
+        default=None,
+        help="HNSW search breadth stored in the bundle's memory (default: the run's memory.ef); gated and "
+        "calibrated with it",
+    )
     push = commands.add_parser("push", help="install a bundle on a device over MQTT, or roll it back")
     what = push.add_mutually_exclusive_group(required=True)
     what.add_argument("--bundle", type=Path, help="the bundle file (its version and sha256 go in the command)")
@@ -135,6 +142,7 @@ def dispatch(args: argparse.Namespace) -> int:
                 max_aupro_drop=args.max_aupro_drop,
                 gate_images_per_type=args.gate_images_per_type,
                 gate_good_images=args.gate_good_images,
+                search_ef=args.search_ef,
                 product=args.product,
                 device_class=args.device_class,
             )

@@ -71,6 +71,7 @@ class ExportOptions:
     gate_images_per_type: int = 10
     gate_good_images: int | None = 64
     reference_images: int = 3
+    search_ef: int | None = None  # HNSW ef the device searches with; None keeps the run's
     product: str | None = None  # with device_class: the devices (bundle.product, bundle.device_class) it is for
     device_class: str | None = None
 
@@ -82,6 +83,8 @@ class ExportOptions:
         problem = version_problem(self.model_version)
         if problem is not None:
             raise ValueError(f"model version {problem}")
+        if self.search_ef is not None and self.search_ef < 1:
+            raise ValueError(f"search_ef must be at least 1, got {self.search_ef}")
         if (self.product is None) != (self.device_class is None):
             raise ValueError("product and device class go together: give both or neither")
         self.target()
@@ -181,6 +184,9 @@ def stage_networks(
 
 def build_bundle(run_dir: Path, out: Path, sign_key: Path, options: ExportOptions) -> Manifest:
     run = load_run(run_dir)
+    if options.search_ef is not None:
+        # Before anything is measured: the gate, the calibration and the references then see the device's search.
+        run.memory.index.set_ef(options.search_ef)
     private_key = load_private_key(sign_key)
     data = run.config.data
     split = json.loads(run.paths.split.read_text())
@@ -207,7 +213,7 @@ def build_bundle(run_dir: Path, out: Path, sign_key: Path, options: ExportOption
         calibration = gate.calibrate(pipeline)
         staging = work / "staging"
         networks = stage_networks(variants, chosen, drops, staging)
-        shutil.copytree(run.paths.memory, staging / "memory")
+        run.memory.save(staging / "memory")
         references = stage_references(pipeline, calibration, holdout[: options.reference_images], run, staging)
         manifest = Manifest(
             model_version=options.model_version,

@@ -118,11 +118,11 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def bundle(tiny_run, keys, tmp_path_factory):
-    """(archive path, manifest) of the tiny run exported with the INT8 accuracy gate."""
+    """(archive path, manifest) of the tiny run exported with the INT8 accuracy gate, searching with ef 12."""
     from export.builder import ExportOptions, build_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "tiny-1.0.0.tar"
-    options = ExportOptions(model_version="1.0.0", gate_images_per_type=2, calibration_images=8)
+    options = ExportOptions(model_version="1.0.0", gate_images_per_type=2, calibration_images=8, search_ef=12)
     return out, build_bundle(tiny_run, out, keys[0], options)
 
 

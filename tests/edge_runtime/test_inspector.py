@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from edge_runtime.bench import measure_latency
 from edge_runtime.inspector import Inspector, InspectorPool
-from edge_runtime.openvino_networks import NETWORK_NAMES, OpenVinoNetworks
+from edge_runtime.openvino_networks import NETWORK_NAMES, OpenVinoNetworks, RuntimeOptions
 from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.preprocess import FrameError
 from export.builder import graph_specs
@@ -91,3 +92,26 @@ def test_result_is_typed_and_timed(slot):
     )
     latency, stages, fps = measure_latency(Inspector.from_slot(slot).inspect, [np.zeros((64, 64), np.uint8)] * 3, 1)
     assert latency.p50_ms > 0 and fps > 0 and "denoise" in stages
+
+
+def test_zero_weighted_maps_are_not_computed(slot):
+    """A map the fusion weighs zero costs nothing: without the feature map there is no decode and no map
+    backbone, and the fused map is the same as computing everything and weighing it zero."""
+    inspector = Inspector.from_slot(slot)
+    frame = (np.random.default_rng(6).random((64, 64)) * 255).astype(np.uint8)
+    weights = {"latent": 1.0, "feature": 0.0, "knn": 1.0}
+    inspector.calibration = replace(inspector.calibration, map_weights=weights)
+    result = inspector.inspect(frame)
+    assert "decode" not in result.timings_ms and "feature_maps" not in result.timings_ms
+    assert "encode" in result.timings_ms and result.healed_image is None
+    pipeline = inspector.pipeline
+    everything = pipeline.raw_maps(inspector.prepare(frame), inspector.calibration.bins)
+    assert set(everything.maps) == {"latent", "feature", "knn"}
+    np.testing.assert_allclose(
+        result.anomaly_map, pipeline.anomaly_map(everything, inspector.calibration), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_latency_mode_searches_with_every_core_and_throughput_mode_with_one(slot):
+    assert Inspector.from_slot(slot, RuntimeOptions(threads=2)).memory.query_threads == 2
+    assert Inspector.from_slot(slot, RuntimeOptions(performance_hint="THROUGHPUT")).memory.query_threads == 1

@@ -1,6 +1,6 @@
 import numpy as np
 
-from edge_runtime.knn import KnnMemory, build_index, image_vector, patch_vectors
+from edge_runtime.knn import KnnMemory, build_index, image_vector, local_average, patch_vectors
 
 
 def test_hnsw_finds_true_nearest_neighbours():
@@ -32,3 +32,21 @@ def test_patch_severity_map_and_round_trip(tmp_path):
 def test_image_vector_pools_each_stage_to_16x16():
     stages = [np.ones((3, 32, 32), np.float32), np.ones((5, 16, 16), np.float32)]
     assert image_vector(stages).shape == (1, (3 + 5) * 16 * 16)
+
+
+def test_local_average_is_the_3x3_mean_with_repeated_edges():
+    stage_map = np.random.default_rng(4).standard_normal((5, 7, 9)).astype(np.float32)
+    padded = np.pad(stage_map, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    expected = sum(padded[:, dy : dy + 7, dx : dx + 9] for dy in range(3) for dx in range(3)) / 9.0
+    np.testing.assert_allclose(local_average(stage_map), expected, atol=1e-5)
+    single = stage_map[:1]
+    np.testing.assert_allclose(local_average(single), expected[:1], atol=1e-5)
+
+
+def test_search_threads_do_not_change_distances():
+    rng = np.random.default_rng(5)
+    memory = KnnMemory("patch", build_index(rng.standard_normal((3000, 24)).astype(np.float32)), None, 1)
+    queries = rng.standard_normal((500, 24)).astype(np.float32)
+    one_thread = memory.distances(queries)
+    memory.query_threads = 2
+    np.testing.assert_array_equal(memory.distances(queries), one_thread)

@@ -64,6 +64,16 @@ def test_bundle_records_precisions_and_gate(bundle):
     assert len(manifest.references) == 3 and manifest.files
 
 
+def test_bundle_searches_with_the_export_ef_and_the_run_keeps_its_own(slot, tiny_run):
+    """The session bundle was exported with search_ef 12; its health check (references scored at export) passing
+    shows the references were scored with that search too."""
+    shipped = json.loads((slot / "memory" / "memory.json").read_text())
+    trained = json.loads((tiny_run / "memory" / "memory.json").read_text())
+    assert shipped["ef"] == 12 != trained["ef"]
+    assert Inspector.from_slot(slot).memory.index.ef == 12
+    assert {k: v for k, v in shipped.items() if k != "ef"} == {k: v for k, v in trained.items() if k != "ef"}
+
+
 def test_installed_bundle_passes_its_health_check(slot):
     checks = Inspector.from_slot(slot).health_check()
     assert len(checks) == 3
