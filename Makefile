@@ -52,7 +52,8 @@ soak: setup
 	$(PY) -m demo_line soak --demo runs/demo --out runs/soak $(SOAK_ARGS)
 
 # Device benchmark at 256 px on magnetic_tile: trains the run first if it is missing (about 30 min on 2 cores),
-# exports INT8, gated (auto) and FP32 bundles, then measures them and the torch FP32 baseline.
+# exports INT8, gated (auto) and FP32 bundles, then measures them, the gated bundle's memory-only mode and the torch
+# FP32 baseline, and writes one comparison table (docs/bench/compare.md).
 BENCH_RUN ?= runs/magnetic_tile
 BENCH_IMAGES ?= ../shared/datasets/magnetic_tile/test
 BENCH_OUT ?= docs/bench
@@ -66,7 +67,12 @@ bench: setup
 		$(PY) -m edge_runtime bench --bundle bundles/bench-$$p.tar --trusted-key $(BENCH_KEY).pub.pem \
 			--images $(BENCH_IMAGES) --out $(BENCH_OUT)/openvino-$$p.json || exit 1; \
 	done
+	$(PY) -m edge_runtime bench --bundle bundles/bench-auto.tar --trusted-key $(BENCH_KEY).pub.pem \
+		--images $(BENCH_IMAGES) --memory-only --out $(BENCH_OUT)/openvino-memory-only.json
 	$(PY) -m train_host bench --run $(BENCH_RUN) --images $(BENCH_IMAGES) --out $(BENCH_OUT)/torch-fp32.json
+	$(PY) -m edge_runtime bench-compare $(BENCH_OUT)/openvino-auto.json $(BENCH_OUT)/openvino-int8.json \
+		$(BENCH_OUT)/openvino-fp32.json $(BENCH_OUT)/openvino-memory-only.json $(BENCH_OUT)/torch-fp32.json \
+		--steps 2 --out $(BENCH_OUT)/compare.md
 
 # On the device, once and as root: the systemd service d3ad-inspector (code and a venv without torch in
 # /opt/d3ad-inspector, the unit, /etc/d3ad-inspector/inspector.yaml); systemd/README.md says what comes next.

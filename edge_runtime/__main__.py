@@ -61,7 +61,16 @@ def build_parser(prog: str = "python -m edge_runtime") -> argparse.ArgumentParse
     bench.add_argument("--frames", type=int, default=50)
     bench.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8], help="denoising steps to measure")
     bench.add_argument("--no-throughput", action="store_true", help="skip the throughput-mode measurement")
+    bench.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="time the KNN patch map alone (the PatchCore-style baseline): no healing, one step count (0)",
+    )
     bench.add_argument("--out", type=Path, default=None, help="write the report as JSON")
+    compare = commands.add_parser("bench-compare", help="one Markdown table from several benchmark JSON reports")
+    compare.add_argument("reports", type=Path, nargs="+", help="JSON written by bench / bench-torch --out")
+    compare.add_argument("--steps", type=int, default=2, help="the step count to compare at")
+    compare.add_argument("--out", type=Path, default=None, help="also write the tables to this Markdown file")
     run = commands.add_parser("run", help="the streaming service: camera frames in, results out over MQTT")
     run.add_argument("--config", type=Path, required=True, help="runtime config (configs/runtime/*.yaml)")
     validate = commands.add_parser("validate-config", help="check a runtime config and explain every problem")
@@ -136,6 +145,8 @@ def _bench(args: argparse.Namespace) -> None:
         load_frames,
         measure_latency,
         measure_throughput,
+        memory_only,
+        peak_rss_mb,
         report_header,
     )
     from edge_runtime.inspector import Inspector, InspectorPool
@@ -143,16 +154,22 @@ def _bench(args: argparse.Namespace) -> None:
 
     frames = load_frames(args.images, args.frames)
     options = RuntimeOptions(threads=args.threads, cache_dir=args.cache_dir)
+    step_counts = [0] if args.memory_only else args.steps
     with _installed_slot(args) as slot:
         inspector = Inspector.from_slot(slot, options)
-        settings_for = {s: inspector.manifest.inspection.model_copy(update={"denoise_steps": s}) for s in args.steps}
+        if args.memory_only:
+            inspector.calibration = memory_only(inspector.calibration)
+        settings_for = {s: inspector.manifest.inspection.model_copy(update={"denoise_steps": s}) for s in step_counts}
         latency = {}
         for steps, settings in settings_for.items():
             pipeline = inspector.new_pipeline(settings)
             latency[steps] = measure_latency(lambda frame, p=pipeline: inspector.inspect(frame, p), frames)
+        # Before the throughput copy is compiled: what a service running one hint holds.
+        rss_latency_mode = peak_rss_mb()
         throughput: dict[int, tuple[float, int]] = {}
         if not args.no_throughput:
             busy = Inspector(inspector.manifest, slot, replace(options, performance_hint="THROUGHPUT"))
+            busy.calibration = inspector.calibration
             workers = max(2, busy.compiled.optimal_requests())
             for steps, settings in settings_for.items():
                 pool = InspectorPool(busy, workers, settings)
@@ -169,15 +186,26 @@ def _bench(args: argparse.Namespace) -> None:
                 fps_throughput_mode=throughput.get(steps, (None, None))[0],
                 throughput_workers=throughput.get(steps, (None, None))[1],
             )
-            for steps in args.steps
+            for steps in step_counts
         ]
         precisions = ",".join(sorted({n.precision for n in inspector.manifest.networks.values()}))
-        label = f"bundle {inspector.model_version} ({precisions})"
-        report = report_header(label, runs, os.cpu_count() or 1)
+        kind = "memory only" if args.memory_only else precisions
+        label = f"bundle {inspector.model_version} ({kind})"
+        report = report_header(label, runs, os.cpu_count() or 1, rss_latency_mode)
     print(format_report(report))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report.to_dict(), indent=2))
+
+
+def _bench_compare(args: argparse.Namespace) -> None:
+    from edge_runtime.bench_compare import compare_reports
+
+    tables = compare_reports(args.reports, args.steps)
+    print(tables)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(tables + "\n")
 
 
 def _checked_config(path: Path):  # noqa: ANN202 - ServiceConfig, imported lazily
@@ -274,6 +302,8 @@ def dispatch(args: argparse.Namespace) -> int:
             return _run(args)
         if args.command == "inspect":
             _inspect(args)
+        elif args.command == "bench-compare":
+            _bench_compare(args)
         else:
             _bench(args)
     except (BundleError, FrameError, FileNotFoundError, ValueError) as error:

@@ -6,12 +6,13 @@ import platform
 import resource
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.calibration import Calibration
 from edge_runtime.preprocess import IMAGE_SUFFIXES, read_image_file
 from edge_runtime.results import InspectionResult
 
@@ -42,6 +43,8 @@ class BenchmarkReport:
     date: str
     peak_rss_mb: float
     runs: list[StepsBenchmark]
+    # Peak resident set once the latency runs were done, before a second (throughput) copy was compiled.
+    peak_rss_latency_mb: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,7 +107,9 @@ def measure_throughput(submit: Callable[[np.ndarray], object], frames: list[np.n
     return len(frames) / (time.perf_counter() - start)
 
 
-def report_header(label: str, runs: list[StepsBenchmark], cores: int) -> BenchmarkReport:
+def report_header(
+    label: str, runs: list[StepsBenchmark], cores: int, rss_latency_mode: float | None = None
+) -> BenchmarkReport:
     return BenchmarkReport(
         label=label,
         cpu=cpu_model(),
@@ -112,7 +117,13 @@ def report_header(label: str, runs: list[StepsBenchmark], cores: int) -> Benchma
         date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         peak_rss_mb=peak_rss_mb(),
         runs=runs,
+        peak_rss_latency_mb=rss_latency_mode,
     )
+
+
+def memory_only(calibration: Calibration) -> Calibration:
+    """The same bundle's KNN patch map alone, fused as the only map: what the PatchCore-style mode costs."""
+    return replace(calibration, map_weights={"latent": 0.0, "feature": 0.0, "knn": 1.0})
 
 
 def format_report(report: BenchmarkReport) -> str:

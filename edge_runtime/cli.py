@@ -56,6 +56,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("run", "edge_runtime", "the streaming service: camera frames in, results out over MQTT"),
     Command("inspect", "edge_runtime", "inspect image files or folders with a bundle", folders_for_files=True),
     Command("bench", "edge_runtime", "latency and throughput of a bundle on real frames"),
+    Command("bench-compare", "edge_runtime", "one table from several benchmark reports, with speed ratios"),
     Command("validate-config", "edge_runtime", "check a runtime config and explain every problem"),
 )
 BY_NAME = {command.name: command for command in COMMANDS}
