@@ -34,26 +34,48 @@ def build_parser(prog: str = "python -m demo_line") -> argparse.ArgumentParser:
     soak.add_argument("--duration", type=float, default=600.0, help="seconds of streaming")
     soak.add_argument("--outage", type=float, default=60.0, help="seconds of each of the two broker outages")
     soak.add_argument("--qos", type=int, choices=[1, 2], default=None, help="QoS of results (default: the service's)")
+    soak.add_argument(
+        "--steady", action="store_true", help="no outages and no kill: measure the sustained rate and the memory"
+    )
+    soak.add_argument("--bundle", type=Path, default=None, help="another bundle than the demo's (with --trusted-key)")
+    soak.add_argument("--trusted-key", type=Path, default=None, help="public key of --bundle")
+    soak.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="dataset root (MVTec layout): a conveyor of its test parts at the bundle's input size, in OUT/conveyor",
+    )
+    soak.add_argument("--parts", type=int, default=40, help="parts on the conveyor built from --images")
     return parser
 
 
 def _soak(args: argparse.Namespace) -> int:
     """Exit 0 when every check passed, 1 when one failed (soak.json says which), 2 when it could not run."""
     from demo_line.local_line import LocalLineError
-    from demo_line.soak import SoakOptions, run_soak
+    from demo_line.soak import SoakOptions, conveyor_of_test_parts, run_soak
 
-    bundles = sorted((args.demo / "bundle").glob("*.tar"), key=lambda path: path.stat().st_mtime)
-    if not bundles:
-        print(f"error: no bundle in {args.demo / 'bundle'}; run `make demo` first", file=sys.stderr)
+    bundle, trusted_key = args.bundle, args.trusted_key
+    if (bundle is None) != (trusted_key is None):
+        print("error: --bundle and --trusted-key go together", file=sys.stderr)
         return 2
+    if bundle is None:
+        bundles = sorted((args.demo / "bundle").glob("*.tar"), key=lambda path: path.stat().st_mtime)
+        if not bundles:
+            print(f"error: no bundle in {args.demo / 'bundle'}; run `make demo` first", file=sys.stderr)
+            return 2
+        bundle, trusted_key = bundles[-1], args.demo / "keys" / "demo.pub.pem"
+    conveyor = args.demo / "conveyor"
+    if args.images is not None:
+        conveyor = conveyor_of_test_parts(args.images, bundle, trusted_key, args.out / "conveyor", args.parts)
     options = SoakOptions(
-        bundle=bundles[-1],
-        trusted_key=args.demo / "keys" / "demo.pub.pem",
-        conveyor=args.demo / "conveyor",
+        bundle=bundle,
+        trusted_key=trusted_key,
+        conveyor=conveyor,
         out=args.out,
         duration_s=args.duration,
         outage_s=args.outage,
         qos=args.qos,
+        steady=args.steady,
     )
     try:
         report = run_soak(options)
@@ -65,7 +87,8 @@ def _soak(args: argparse.Namespace) -> int:
     figures = report.figures
     print(
         f"{figures.results_distinct} results for {figures.frames_inspected} frames inspected in "
-        f"{figures.streaming_s:.0f} s ({figures.results_per_s} results/s), {figures.repeats} repeated; "
+        f"{figures.streaming_s:.0f} s ({figures.results_per_s} results/s), {figures.repeats} repeated, "
+        f"service peak RSS {figures.service_peak_rss_mb} MB; "
         f"{args.out / 'soak.json'}"
     )
     return 0 if report.passed else 1

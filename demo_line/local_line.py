@@ -169,6 +169,19 @@ class ServiceProcess:
         self.process = None
         return code
 
+    def peak_rss_mb(self) -> float | None:
+        """The service's peak resident set so far (VmHWM, Linux); None where /proc does not say."""
+        if self.process is None:
+            return None
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+        return None
+
     def kill(self) -> int | None:
         """SIGKILL: the process ends at once, with no chance to flush or clean up (a crash, a power cut)."""
         if self.process is None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import yaml
 
-from demo_line.conveyor import load_truth
+from demo_line.conveyor import choose_parts, load_truth, write_conveyor
 from demo_line.local_line import LocalBroker, LocalLineError, ServiceProcess
 from demo_line.soak_report import (
     BootEnd,
@@ -36,9 +36,11 @@ from demo_line.soak_report import (
     group_by_boot,
     run_checks,
 )
+from edge_runtime.bundle import load_trusted_keys, verify_bundle
 from edge_runtime.service.mqtt_topics import Topics
 from edge_runtime.service.service import OUTBOX_FILE
 from edge_runtime.service.service_config import parse_config
+from train_host.dataset import list_test_samples
 
 PREFIX = "factory"
 DEVICE_ID = "soak"
@@ -56,13 +58,16 @@ class SoakOptions:
     camera_fps: float = 30.0  # faster than the service inspects: it runs at full rate and drops the rest
     stats_interval_s: float = 2.0
     qos: int | None = None  # of results; None: the service's default
+    steady: bool = False  # no outages and no kill: the service's sustained rate and memory, undisturbed
 
     def __post_init__(self) -> None:
-        if self.duration_s < 4 * self.outage_s:
+        if not self.steady and self.duration_s < 4 * self.outage_s:
             raise ValueError(f"duration_s {self.duration_s} must be at least 4 x outage_s ({self.outage_s})")
 
     def timeline(self) -> list[tuple[float, str]]:
         """(seconds after streaming began, event), in order."""
+        if self.steady:
+            return []
         first, second = 0.2 * self.duration_s, 0.65 * self.duration_s
         return [
             (first, "broker_down"),
@@ -155,6 +160,12 @@ class Soak:
         self.outages: list[dict] = []
         self.kills: list[dict] = []
         self.boots = 0
+        self.peak_rss_mb: list[float] = []
+
+    def note_memory(self, service: ServiceProcess) -> None:
+        peak = service.peak_rss_mb()
+        if peak is not None:
+            self.peak_rss_mb.append(peak)
 
     def start_service(self, config_path: Path) -> ServiceProcess:
         self.boots += 1
@@ -186,6 +197,7 @@ class Soak:
                 service = self.follow_timeline(broker, collector, service, config_path, streaming_from)
                 streaming_s = time.monotonic() - streaming_from
                 self.finish(collector, service)
+                self.note_memory(service)
             finally:
                 service.stop()
                 collector.stop()
@@ -213,6 +225,7 @@ class Soak:
         self, collector: Collector, service: ServiceProcess, config_path: Path, now_s: float
     ) -> ServiceProcess:
         boot_id = latest_boot(collector.snapshot(), self.topics)
+        self.note_memory(service)
         code = service.kill()
         left = [PartId.parse(p, DEVICE_ID) for p in outbox_part_ids(self.state_dir, self.topics.result)]
         if boot_id is not None:
@@ -241,10 +254,10 @@ class Soak:
         boots = [boot_figures(record, self.ends.get(boot_id)) for boot_id, record in records.items()]
         distinct = sum(b.results_distinct for b in boots)
         received = sum(b.results_received for b in boots)
-        extra = [outage_check(self.outages, messages, self.topics.result)]
         options = self.options
+        extra = [] if options.steady else [outage_check(self.outages, messages, self.topics.result)]
         return SoakReport(
-            command="make soak",
+            command="make soak" if not options.steady else "python -m demo_line soak --steady",
             started_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             machine=f"{platform.node()} ({platform.processor() or platform.machine()})",
             options={k: str(v) for k, v in vars(options).items()},
@@ -255,6 +268,7 @@ class Soak:
                 frames_inspected=sum(b.inspected or 0 for b in boots),
                 results_per_s=round(distinct / streaming_s, 2) if streaming_s else 0.0,
                 repeats=received - distinct,
+                service_peak_rss_mb=round(max(self.peak_rss_mb), 1) if self.peak_rss_mb else None,
             ),
             boots=boots,
             outages=self.outages,
@@ -283,3 +297,12 @@ def run_soak(options: SoakOptions) -> SoakReport:
     options.out.mkdir(parents=True, exist_ok=True)
     (options.out / "soak.json").write_text(report.to_json())
     return report
+
+
+def conveyor_of_test_parts(dataset: Path, bundle: Path, trusted_key: Path, folder: Path, parts: int) -> Path:
+    """A conveyor of the dataset's test parts at the bundle's input size (its manifest, read once verified)."""
+    manifest = verify_bundle(bundle, load_trusted_keys([trusted_key])).manifest
+    samples = choose_parts(list_test_samples(dataset), parts, seed=0)
+    # The rate is replaced by the soak's camera rate; what is written here only has to be valid.
+    write_conveyor(samples, folder, fps=30.0, frame_size=(manifest.input.width, manifest.input.height))
+    return folder

@@ -88,6 +88,7 @@ class SoakFigures:
     frames_inspected: int
     results_per_s: float
     repeats: int
+    service_peak_rss_mb: float | None = None  # the largest of every boot's peak resident set
 
 
 @dataclass
