@@ -260,6 +260,7 @@ def runtime_config(bundle: SignedBundle, conveyor: Conveyor, port: int, state_di
         "mode": {"kind": "continuous", "max_fps": 0},
         "mqtt": {"host": "127.0.0.1", "port": port, "prefix": MQTT_PREFIX, "device_id": DEVICE_ID},
         "heatmaps": {"publish": "all"},
+        "metrics": {"port": 0},  # any free port (the service log names it): never in the way of an installed one
     }
     parse_runtime_config(raw, "demo runtime config")  # a mistake here is named now, not in the service log
     return raw

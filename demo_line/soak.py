@@ -126,6 +126,7 @@ def runtime_config(options: SoakOptions, port: int, state_dir: Path) -> dict:
         | ({} if options.qos is None else {"qos": options.qos}),
         "heatmaps": {"publish": "all"},
         "stats_interval_s": options.stats_interval_s,
+        "metrics": {"port": 0},  # any free port: never in the way of a service installed on this PC
     }
     parse_config(raw, "soak runtime config")
     return raw

@@ -259,6 +259,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from edge_runtime.service.log_setup import configure_logging, error_lines
     from edge_runtime.service.model_startup import ModelUnavailable
+    from edge_runtime.service.observers import standard_observers
     from edge_runtime.service.publisher import CredentialError
     from edge_runtime.service.service import Service
     from edge_runtime.service.service_config import ConfigError
@@ -273,7 +274,7 @@ def _run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        Service(config).run(stop)
+        Service(config, observers=standard_observers(config)).run(stop)
     except CredentialError as error:
         print(error_lines(f"error: {error}"), file=sys.stderr)
         return EXIT_BAD_CONFIG

@@ -1,8 +1,9 @@
 """Operator view: a small local HTTP server beside the frame loop. `/` is the live page, `/state.json` what it
-polls, `/overlay.jpg` the heatmap of the latest part, `/metrics` Prometheus text, `/healthz` liveness.
+polls, `/overlay.jpg` the heatmap of the latest part, `/metrics` the service's metrics registry (as the
+metrics endpoint serves it), `/healthz` liveness. A ServiceObserver: whoever builds the service attaches it.
 
 The frame loop only hands parts over (a deque append under a lock); overlays are rendered here, in the HTTP
-threads, on demand and once per part."""
+threads, on demand and once per part. Every counter on the page comes from the service's metrics registry."""
 
 from __future__ import annotations
 
@@ -20,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from edge_runtime.service.bounded_http import CLIENT_GONE, BoundedHTTPServer, BoundedRequestHandler
-from edge_runtime.service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from edge_runtime.service.metrics import HistogramSnapshot, LatencyHistogram, MetricsSample, render_metrics
 from edge_runtime.service.operator_page import PAGE_HTML
 from edge_runtime.service.service_config import OperatorViewConfig
+from edge_runtime.service.service_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from edge_runtime.service.service_observer import ObserverUnavailable, ServiceView
 
-if TYPE_CHECKING:  # the service imports this module; only the type checker needs the reverse
-    from edge_runtime.service.service import InspectedPart, Service
+if TYPE_CHECKING:
+    from edge_runtime.service.service_observer import InspectedPart
 
 log = logging.getLogger(__name__)
 
@@ -119,28 +120,20 @@ def recent_part(part: InspectedPart) -> RecentPart:
 
 
 class PartLog:
-    """What the listeners record, shared between the frame thread (writer) and the HTTP threads (readers)."""
+    """The latest parts and the loop's last turn, shared between the frame thread (writer) and the HTTP threads
+    (readers). It counts nothing: the counters are the service's metrics."""
 
     def __init__(self, keep: int) -> None:
         self._lock = threading.Lock()
         self._recent: deque[RecentPart] = deque(maxlen=keep)
         self._latest: InspectedPart | None = None
-        self._good = 0
-        self._defects = 0
         self._last_tick: float | None = None
-        self.latency = LatencyHistogram()
 
     def record(self, part: InspectedPart) -> None:
         entry = recent_part(part)  # built outside the lock; cheap either way
         with self._lock:
             self._recent.appendleft(entry)
             self._latest = part
-            if part.result.is_defect:
-                self._defects += 1
-            else:
-                self._good += 1
-            # Inside the lock, so a scrape never sees a verdict count and histogram count that disagree.
-            self.latency.observe(part.latency_ms / 1000.0)
 
     def tick(self, now: float) -> None:
         with self._lock:
@@ -157,11 +150,6 @@ class PartLog:
     def recent(self) -> list[RecentPart]:
         with self._lock:
             return list(self._recent)
-
-    def verdicts_and_latency(self) -> tuple[int, int, HistogramSnapshot]:
-        """(good, defects, histogram snapshot), consistent with each other."""
-        with self._lock:
-            return self._good, self._defects, self.latency.snapshot()
 
 
 class OverlayCache:
@@ -183,40 +171,44 @@ class OverlayCache:
 
 
 class OperatorView:
-    """Start with `start()` (binds, then serves in daemon threads); `stop()` closes the socket."""
+    """A ServiceObserver: `starting(service)` binds and serves in daemon threads, `stopping()` closes the socket."""
 
-    def __init__(
-        self, service: Service, config: OperatorViewConfig, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.service = service
+    def __init__(self, config: OperatorViewConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.clock = clock
         self.parts = PartLog(config.recent_parts)
-        self.overlays = OverlayCache(service.config.heatmaps.jpeg_quality)
+        self._service: ServiceView | None = None
+        self._overlays: OverlayCache | None = None
         self._server: _ViewServer | None = None
         self._thread: threading.Thread | None = None
 
-    # --- lifecycle -----------------------------------------------------------------------------------
+    # --- the observer --------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Bind (raises OSError when the address is taken) and serve; registers the service listeners."""
+    def starting(self, service: ServiceView) -> None:
+        """Bind and serve; ObserverUnavailable when the address cannot be bound (port taken, no such address)."""
+        self._service = service
+        self._overlays = OverlayCache(service.config.heatmaps.jpeg_quality)
         server_class = _ViewServerV6 if ":" in self.config.host else _ViewServer
         config = self.config
-        self._server = server_class(
-            (config.host, config.port), _Handler, config.max_connections, config.request_timeout_s
-        )
-        self._server.view = self
-        self._thread = threading.Thread(target=self._server.serve_forever, name="operator-view", daemon=True)
+        try:
+            server = server_class(
+                (config.host, config.port), _Handler, config.max_connections, config.request_timeout_s
+            )
+        except OSError as error:
+            raise ObserverUnavailable(f"operator view cannot listen on {config.host}:{config.port}: {error}") from error
+        server.view = self
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="operator-view", daemon=True)
         self._thread.start()
-        self.service.result_listeners.append(self.parts.record)
-        self.service.tick_listeners.append(self._on_tick)
         log.info("operator view on %s", self.url)
 
-    def stop(self) -> None:
-        if self._on_tick in self.service.tick_listeners:
-            self.service.tick_listeners.remove(self._on_tick)
-        if self.parts.record in self.service.result_listeners:
-            self.service.result_listeners.remove(self.parts.record)
+    def on_tick(self) -> None:
+        self.parts.tick(self.clock())
+
+    def on_result(self, part: InspectedPart) -> None:
+        self.parts.record(part)
+
+    def stopping(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -236,81 +228,58 @@ class OperatorView:
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{self.port}/"
 
-    def _on_tick(self) -> None:
-        self.parts.tick(self.clock())
-
     # --- what the endpoints answer -------------------------------------------------------------------
 
+    @property
+    def service(self) -> ServiceView:
+        if self._service is None:
+            raise RuntimeError("the operator view is not started")
+        return self._service
+
     def health(self) -> Health:
-        publisher = self.service.publisher
         return assess_health(
             self.service.status_payload()["state"],
             self.parts.last_tick(),
             self.clock(),
             self.config.healthz_stale_s,
-            publisher.problem() if publisher is not None else None,
+            self.service.delivery_problem(),
         )
 
     def view_state(self) -> ViewState:
         service = self.service
-        status, stats = service.status_payload(), service.stats_payload()
-        latency = stats["latency_ms"]
+        status, figures = service.status_payload(), service.stats.snapshot()
         counters = Counters(
-            frames_in=stats["frames_in"],
-            inspected=stats["inspected"],
-            defects=stats["defects"],
-            dropped=stats["dropped"],
-            skipped=stats["skipped"],
-            errors=stats["errors"],
-            outbox_depth=stats["outbox"]["depth"],
-            latency_p50_ms=latency["p50"],
-            latency_p99_ms=latency["p99"],
+            frames_in=figures.frames_in,
+            inspected=figures.inspected,
+            defects=figures.defects,
+            dropped=figures.dropped,
+            skipped=figures.skipped,
+            errors=figures.errors,
+            outbox_depth=figures.outbox_depth,
+            latency_p50_ms=figures.latency_p50_ms,
+            latency_p99_ms=figures.latency_p99_ms,
         )
         return ViewState(
             device_id=service.config.mqtt.device_id,
             model_version=status["model_version"],
             state=status["state"],
             camera=status["camera"]["state"],
-            broker_connected=self._broker_connected(),
+            broker_connected=figures.broker_connected,
             last_error=status["last_error"],
             counters=counters,
             recent=self.parts.recent(),
             refresh_s=self.config.refresh_s,
         )
 
-    def metrics_sample(self) -> MetricsSample:
-        service = self.service
-        stats = service.stats_payload()
-        good, defects, latency = self.parts.verdicts_and_latency()
-        inspector = service.inspector  # the active model now, which an update may have swapped
-        camera = service.source.state if service.source is not None else "stopped"
-        return MetricsSample(
-            frames_received=stats["frames_in"],
-            frames_dropped=stats["dropped"],
-            frames_skipped=stats["skipped"],
-            good=good,
-            defects=defects,
-            errors=stats["errors"],
-            latency=latency,
-            outbox_depth=stats["outbox"]["depth"],
-            outbox_dropped=stats["outbox"]["dropped"],
-            broker_connected=self._broker_connected(),
-            camera_streaming=camera == "streaming",
-            camera_reconnects=stats["camera_reconnects"],
-            model_version=inspector.model_version if inspector is not None else None,
-            start_time_s=time.time() - (time.monotonic() - service.stats.started),
-        )
+    def metrics_text(self) -> bytes:
+        return self.service.stats.exposition()
 
     def overlay(self) -> tuple[str, bytes] | None:
         """(part id, JPEG) of the latest inspected part, or None before the first one."""
         part = self.parts.latest()
-        if part is None:
+        if part is None or self._overlays is None:
             return None
-        return part.part_id, self.overlays.jpeg_for(part)
-
-    def _broker_connected(self) -> bool:
-        publisher = self.service.publisher
-        return publisher is not None and publisher.connected.is_set()
+        return part.part_id, self._overlays.jpeg_for(part)
 
 
 class _ViewServer(BoundedHTTPServer):
@@ -370,8 +339,7 @@ class _Handler(BoundedRequestHandler):
         self._send(HTTPStatus.OK, "image/jpeg", jpeg, {"X-Part-Id": part_id})
 
     def metrics(self) -> None:
-        text = render_metrics(self.server.view.metrics_sample())
-        self._send(HTTPStatus.OK, METRICS_CONTENT_TYPE, text.encode("utf-8"))
+        self._send(HTTPStatus.OK, METRICS_CONTENT_TYPE, self.server.view.metrics_text())
 
     def healthz(self) -> None:
         health = self.server.view.health()

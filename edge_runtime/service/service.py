@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from edge_runtime.bundle import load_trusted_keys
+from edge_runtime.cli import package_version
 from edge_runtime.inspector import Inspector
 from edge_runtime.openvino_networks import RuntimeOptions
-from edge_runtime.preprocess import FrameError, to_uint8_image
-from edge_runtime.results import InspectionResult
+from edge_runtime.preprocess import FrameError
 from edge_runtime.service.commands import CommandError, CommandRegistry, part_id_of
 from edge_runtime.service.download import DownloadLimits
 from edge_runtime.service.frames import CameraEvent, Frame, FrameSource
 from edge_runtime.service.learning import Learning
-from edge_runtime.service.messages import encode_json, heatmap_jpeg, result_payload, utc_now
+from edge_runtime.service.messages import encode_json, result_payload, utc_now
+from edge_runtime.service.metrics_endpoint import MetricsEndpoint
 from edge_runtime.service.model_guard import ModelGuard
 from edge_runtime.service.model_policy import BundlePolicy
 from edge_runtime.service.model_startup import load_startup_model
@@ -36,14 +37,13 @@ from edge_runtime.service.mqtt_topics import (
     STATUS_RETAIN,
     Topics,
 )
-from edge_runtime.service.operator_view import OperatorView
 from edge_runtime.service.outbox import Outbox, open_outbox
 from edge_runtime.service.plc_links import PlcLinks
 from edge_runtime.service.publisher import Publisher
 from edge_runtime.service.service_config import ServiceConfig
+from edge_runtime.service.service_metrics import LiveFigures, ServiceMetrics
+from edge_runtime.service.service_observer import InspectedPart, ObserverUnavailable, ServiceObserver
 from edge_runtime.service.signed_commands import RECORD_FILE, CommandVerifier
-from edge_runtime.service.stats import Stats
-from edge_runtime.service.systemd_notify import SystemdLink, attach_systemd
 from edge_runtime.service.triggers import QueueClosed, Trigger, TriggerQueue, unserved_reply
 
 log = logging.getLogger(__name__)
@@ -51,23 +51,6 @@ log = logging.getLogger(__name__)
 OUTBOX_FILE = "outbox.sqlite"
 MODELS_FOLDER = "models"
 _IDLE_WAIT_S = 0.2  # how long the frame loop blocks before looking at stop, stats and pause again
-
-
-@dataclass(frozen=True)
-class InspectedPart:
-    """One part that went through the inspector and into the outbox; handed to every result listener."""
-
-    part_id: str
-    frame: Frame
-    result: InspectionResult
-    latency_ms: float
-    payload: dict[str, Any]  # the JSON published on `result`
-    inspector: Inspector  # the model that judged it (models can be swapped between frames)
-
-    def overlay_jpeg(self, quality: int) -> bytes:
-        """The heatmap overlay at model size (where the map and boxes live), drawn with the judging model."""
-        model_image = to_uint8_image(self.inspector.prepare(self.frame.image))
-        return heatmap_jpeg(model_image, self.result, self.inspector.calibration.pixel_threshold, quality)
 
 
 def new_boot_id() -> str:
@@ -83,13 +66,17 @@ def runtime_options(config: ServiceConfig) -> RuntimeOptions:
 
 
 class Service:
-    """Run with `run(stop_event)` (blocks) in the main thread or a test's thread; `stop()` ends it."""
+    """Run with `run(stop_event)` (blocks) in the main thread or a test's thread; `stop()` ends it.
 
-    def __init__(self, config: ServiceConfig, inspector: Inspector | None = None) -> None:
+    `observers` (the operator view, the systemd link; see service_observer.py) are built and handed in by
+    whoever starts the service; more can be attached before `run()`."""
+
+    def __init__(
+        self, config: ServiceConfig, inspector: Inspector | None = None, observers: Iterable[ServiceObserver] = ()
+    ) -> None:
         self.config = config
         self.topics = Topics(config.mqtt.prefix, config.mqtt.device_id)
         self.boot_id = new_boot_id()
-        self.stats = Stats()
         self.state = "starting"
         self.last_error: str | None = None
         self.produced = 0
@@ -101,6 +88,9 @@ class Service:
         self.outbox: Outbox | None = None
         self.publisher: Publisher | None = None
         self.source: FrameSource | None = None
+        # Everything counted is counted here; the stats message, the operator page and /metrics read it.
+        self.stats = ServiceMetrics(package_version(), self._live_figures)
+        self.metrics_endpoint: MetricsEndpoint | None = None  # /metrics, started by run() (config.metrics)
         self.commands = CommandRegistry(self._reply)
         self.commands.register("trigger", self._cmd_trigger)
         self.commands.register("pause", self._cmd_pause)
@@ -111,17 +101,16 @@ class Service:
             "rollback", lambda body: self._updater().command_rollback(self._opened("rollback", body))
         )
         self.command_verifier: CommandVerifier | None = None  # set by run() when updates.signed_commands
-        # Observers (operator view, systemd notifier) plug in here; the frame loop does not know them.
-        # Result listeners run in the frame thread after each part is stored, tick listeners every loop turn
-        # (at least every 0.2 s); both must be quick and must not raise.
+        self.observers: list[ServiceObserver] = list(observers)
+        # The service's own extensions (and the observers, once started) plug in here; the frame loop does not
+        # know them. Result listeners run in the frame thread after each part is stored, tick listeners every
+        # loop turn (at least every 0.2 s); both must be quick and must not raise.
         self.result_listeners: list[Callable[[InspectedPart], None]] = []
         self.tick_listeners: list[Callable[[], None]] = []
         # Extensions also add to what is published: fields of `status` and `stats`, messages sent at connect.
         self.connect_listeners: list[Callable[[], None]] = []
         self.status_fields: list[Callable[[], dict[str, Any]]] = []
         self.stats_fields: list[Callable[[], dict[str, Any]]] = []
-        self.operator_view: OperatorView | None = None  # started by run() when config.operator_view.enabled
-        self.systemd: SystemdLink | None = None  # READY, WATCHDOG and STATUS when run by systemd
         self.plc_links = PlcLinks(self)  # Sparkplug B node and OPC UA server, when configured
         self.learning = Learning(self)  # operator feedback, the overlay memory, parts kept for retraining
         self.started = threading.Event()
@@ -136,15 +125,19 @@ class Service:
     def stop(self) -> None:
         self._stop.set()
 
+    def attach(self, observer: ServiceObserver) -> None:
+        """Add an observer; only before `run()`."""
+        self.observers.append(observer)
+
     def run(self, stop_event: threading.Event | None = None) -> None:
         """Start everything, inspect until stopped, then shut down cleanly (results stay in the outbox)."""
         stop_event = stop_event or self._stop
-        self.systemd = attach_systemd(self)  # None outside systemd; READY once the first part is inspected
-        self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        self._load_models()
-        self._warm_up()
-        self._start_operator_view()
         try:
+            self._start_observers()  # e.g. systemd's STATUS says the model is loading
+            self._start_metrics_endpoint()  # scrapes answer while the model compiles (minutes on a first start)
+            self.config.state_dir.mkdir(parents=True, exist_ok=True)
+            self._load_models()
+            self._warm_up()
             self.plc_links.start()  # first: a link that cannot start stops the service before the camera runs
             self._open_parts()
             self.learning.start()
@@ -175,6 +168,7 @@ class Service:
             except StateFileError:
                 state = ModelState()
             policy.start(state)
+        self.stats.model_changed(self.inspector.model_version)
         updates = self.config.updates
         if updates.signed_commands:
             command_keys = load_trusted_keys(updates.command_keys) if updates.command_keys else keys
@@ -227,6 +221,7 @@ class Service:
         old = self.inspector
         self.inspector = incoming
         self.guard.model_changed()
+        self.stats.model_changed(incoming.model_version)
         log.info("now inspecting with model %s (was %s)", incoming.model_version, old and old.model_version)
         self.publish_status()
         self.publish_model_state()
@@ -261,23 +256,66 @@ class Service:
             )
             log.error("bundle health check failed: %s", self.last_error)
 
-    def _start_operator_view(self) -> None:
-        """The local web page, /metrics and /healthz; a port that cannot be bound costs the view, not inspection."""
-        if not self.config.operator_view.enabled:
+    def _start_observers(self) -> None:
+        """Each observer's `starting`; one that cannot start costs that observer, not inspection."""
+        for observer in list(self.observers):
+            try:
+                observer.starting(self)
+            except ObserverUnavailable as error:
+                self._drop_observer(observer, str(error))
+                continue
+            except Exception as error:  # an observer's bug must not keep the service from inspecting
+                log.exception("observer %r failed to start", observer)
+                self._drop_observer(observer, f"{type(observer).__name__} failed to start: {error}")
+                continue
+            self.result_listeners.append(observer.on_result)
+            self.tick_listeners.append(observer.on_tick)
+
+    def _drop_observer(self, observer: ServiceObserver, reason: str) -> None:
+        self.observers.remove(observer)
+        self.last_error = reason
+        log.error(reason)
+
+    def _stop_observers(self) -> None:
+        """Each observer's `stopping`; a stopped observer gets no more calls."""
+        for observer in self.observers:
+            with contextlib.suppress(ValueError):  # not registered: it never started
+                self.result_listeners.remove(observer.on_result)
+            with contextlib.suppress(ValueError):
+                self.tick_listeners.remove(observer.on_tick)
+            try:
+                observer.stopping()
+            except Exception:  # the others still get to stop
+                log.exception("observer %r failed to stop", observer)
+
+    def _start_metrics_endpoint(self) -> None:
+        """/metrics on its own port; a port that cannot be bound costs the endpoint, not inspection."""
+        config = self.config.metrics
+        if not config.enabled:
             return
-        view = OperatorView(self, self.config.operator_view)
+        endpoint = MetricsEndpoint(config, self.stats)
         try:
-            view.start()
+            endpoint.start()
         except OSError as error:
-            where = f"{self.config.operator_view.host}:{self.config.operator_view.port}"
-            self.last_error = f"operator view cannot listen on {where}: {error}"
+            self.last_error = f"metrics cannot listen on {config.host}:{config.port}: {error}"
             log.error(self.last_error)
             return
-        self.operator_view = view
+        self.metrics_endpoint = endpoint
 
-    def _stop_operator_view(self) -> None:
-        if self.operator_view is not None:
-            self.operator_view.stop()
+    def _live_figures(self) -> LiveFigures:
+        """What the metrics read from the camera source, the outbox and the publisher, which count them."""
+        source, outbox, publisher = self.source, self.outbox, self.publisher
+        return LiveFigures(
+            frames_in=source.frames_in if source else 0,
+            frames_dropped=source.dropped if source else 0,
+            bad_frames=source.bad_frames if source else 0,
+            camera_reconnects=source.reconnects if source else 0,
+            camera_streaming=source is not None and source.state == "streaming",
+            outbox_depth=outbox.depth() if outbox else 0,
+            outbox_dropped=outbox.dropped() if outbox else 0,
+            results_published=publisher.published if publisher else 0,
+            broker_connected=publisher is not None and publisher.connected.is_set(),
+        )
 
     def _loop(self, stopping: Callable[[], bool]) -> None:
         next_stats = time.monotonic() + self.config.stats_interval_s
@@ -298,7 +336,7 @@ class Service:
             if frame is None:
                 continue
             if self._paused.is_set() or frame.received < next_frame_due:
-                self.stats.skipped += 1
+                self.stats.count_skipped()
                 continue
             next_frame_due = frame.received + min_interval
             self.produced += 1
@@ -340,12 +378,12 @@ class Service:
         try:
             result = inspector.inspect(frame.image)
         except FrameError as error:
-            self.stats.errors += 1
+            self.stats.count_frame_error()
             self._set_error(f"frame {frame.number} cannot be inspected: {error}")
             return
         except Exception as error:  # an inference failure costs one part, not the all-day process
             log.exception("inspecting frame %d failed", frame.number)
-            self.stats.errors += 1
+            self.stats.count_model_failure()
             self._set_error(f"inspection of frame {frame.number} failed: {error}")
             self._count_model_failure(inspector, error)
             return
@@ -358,10 +396,10 @@ class Service:
         refused_before = self.outbox.disk_error
         self.outbox.add(part_id, self.topics.result, encode_json(payload))
         if self.outbox.disk_error is not None and refused_before is None:
-            self.stats.errors += 1
+            self.stats.count_storage_error()
             self._set_error(f"the outbox disk refuses writes ({self.outbox.disk_error}); results wait in memory")
         self.publisher.wake()
-        self.stats.record(latency_ms, result.is_defect)
+        self.stats.record_part(latency_ms, result.is_defect)
         part = InspectedPart(part_id, frame, result, latency_ms, payload, inspector)
         self._publish_heatmap(part)
         self._notify(self.result_listeners, part)
@@ -400,9 +438,9 @@ class Service:
 
     def _shut_down(self) -> None:
         self.state = "stopping"
-        self._stop_operator_view()  # first: it reads the outbox, which is closed below
-        if self.systemd is not None:
-            self.systemd.stopping()
+        self._stop_observers()  # first: they read the outbox, which is closed below
+        if self.metrics_endpoint is not None:  # so does a scrape
+            self.metrics_endpoint.stop()
         if self.source is not None:
             self.source.stop()
         self.plc_links.stop()
@@ -475,21 +513,32 @@ class Service:
             self.publisher.send(self.topics.status, encode_json(self.status_payload()), STATUS_QOS, STATUS_RETAIN)
 
     def stats_payload(self) -> dict[str, Any]:
-        source, outbox = self.source, self.outbox
-        return (
-            self.stats.snapshot(
-                frames_in=source.frames_in if source else 0,
-                dropped=source.dropped if source else 0,
-                outbox_depth=outbox.depth() if outbox else 0,
-                outbox_dropped=outbox.dropped() if outbox else 0,
-            )
-            | {
-                "camera_reconnects": source.reconnects if source else 0,
-                "bad_frames": source.bad_frames if source else 0,
-                "boot_id": self.boot_id,  # the counters are this process's
-            }
-            | self._extra_fields(self.stats_fields)
-        )
+        """The `stats` message: the metrics registry's figures under their established names."""
+        figures = self.stats.snapshot()
+        return {
+            "frames_in": figures.frames_in,
+            "inspected": figures.inspected,
+            "dropped": figures.dropped,
+            "skipped": figures.skipped,
+            "defects": figures.defects,
+            "errors": figures.errors,
+            "latency_ms": {
+                "p50": figures.latency_p50_ms,
+                "p99": figures.latency_p99_ms,
+                "window": figures.latency_window,
+            },
+            "outbox": {"depth": figures.outbox_depth, "dropped": figures.outbox_dropped},
+            "uptime_s": figures.uptime_s,
+            "camera_reconnects": figures.camera_reconnects,
+            "bad_frames": figures.bad_frames,
+            "boot_id": self.boot_id,  # the counters are this process's
+        } | self._extra_fields(self.stats_fields)
+
+    def delivery_problem(self) -> str | None:
+        return self.publisher.problem() if self.publisher is not None else None
+
+    def publisher_alive(self) -> bool:
+        return self.publisher is None or self.publisher.alive()
 
     def publish_stats(self) -> None:
         if self.publisher is not None:

@@ -192,8 +192,8 @@ class UpdatesConfig(StrictModel):
 
 
 class OperatorViewConfig(StrictModel):
-    """Local web page with the live overlay, plus /metrics and /healthz; no authentication, so localhost only
-    unless a reverse proxy guards it."""
+    """Local web page with the live overlay, plus /metrics (as `metrics` serves it) and /healthz; no
+    authentication, so localhost only unless a reverse proxy guards it."""
 
     enabled: bool = False
     host: str = Field("127.0.0.1", min_length=1, description="address to listen on; 0.0.0.0 opens it to the LAN")
@@ -206,6 +206,19 @@ class OperatorViewConfig(StrictModel):
     max_connections: int = Field(
         16, ge=1, le=1024, description="requests served at once (a thread each); more are answered 503"
     )
+    request_timeout_s: float = Field(
+        10.0, gt=0.0, le=300.0, description="socket timeout of each request: a half-sent one is dropped after it"
+    )
+
+
+class MetricsConfig(StrictModel):
+    """Prometheus `/metrics` of the service, served whenever it runs, with or without the operator view. Read-only
+    counters and versions, no images; still no authentication, so localhost unless a proxy guards it."""
+
+    enabled: bool = True
+    host: str = Field("127.0.0.1", min_length=1, description="address to listen on; 0.0.0.0 opens it to the LAN")
+    port: int = Field(9464, ge=0, le=65535, description="TCP port; 0 picks any free port")
+    max_connections: int = Field(4, ge=1, le=1024, description="scrapes served at once; more are answered 503")
     request_timeout_s: float = Field(
         10.0, gt=0.0, le=300.0, description="socket timeout of each request: a half-sent one is dropped after it"
     )
@@ -262,6 +275,7 @@ class ServiceConfig(StrictModel):
     openvino: OpenVinoConfig = OpenVinoConfig()
     updates: UpdatesConfig = UpdatesConfig()
     operator_view: OperatorViewConfig = OperatorViewConfig()
+    metrics: MetricsConfig = MetricsConfig()
     sparkplug: SparkplugConfig = SparkplugConfig()
     opcua: OpcUaConfig = OpcUaConfig()
     feedback: FeedbackConfig = FeedbackConfig()
@@ -329,6 +343,14 @@ def file_problems(config: ServiceConfig) -> list[str]:
     return problems
 
 
+def metrics_summary(config: ServiceConfig) -> str:
+    metrics = config.metrics
+    if not metrics.enabled:
+        return "off"
+    host = f"[{metrics.host}]" if ":" in metrics.host else metrics.host
+    return f"http://{host}:{metrics.port if metrics.port else '<any free port>'}/metrics"
+
+
 def summary(config: ServiceConfig) -> str:
     """A few lines saying what the service will do with this config."""
     mode = config.mode.kind
@@ -343,6 +365,7 @@ def summary(config: ServiceConfig) -> str:
             f"mode:     {mode}",
             f"mqtt:     {mqtt.host}:{mqtt.port}{' (TLS)' if mqtt.tls else ''}, topics {mqtt.prefix}/{mqtt.device_id}/",
             f"heatmaps: {config.heatmaps.publish}",
+            f"metrics:  {metrics_summary(config)}",
             f"state:    {config.state_dir}",
         ]
     )

@@ -1,5 +1,6 @@
 """Telling systemd what the service does: a small sd_notify client (READY, STATUS, WATCHDOG, STOPPING over the
-datagram socket named by $NOTIFY_SOCKET) and the link that drives it from a running Service.
+datagram socket named by $NOTIFY_SOCKET) and the link that drives it from a running service (a ServiceObserver,
+attached by whoever builds the service).
 
 Readiness: in continuous mode READY=1 is sent once the model is loaded and warmed up and the first camera frame
 has been inspected and stored; in triggered mode, where parts are inspected only on command, once the model is
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edge_runtime.service.service import InspectedPart, Service
+    from edge_runtime.service.service_observer import InspectedPart, ServiceView
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ class SystemdNotifier:
         return [] if status is None else [f"STATUS={one_line(status)}"]
 
 
-# --- the link to a running Service -------------------------------------------------------------------------
+# --- the link to a running service -------------------------------------------------------------------------
 
 
 class CameraProgress:
@@ -167,22 +168,31 @@ class CameraProgress:
 
 
 class SystemdLink:
-    """Drives a SystemdNotifier from a Service's result and tick listeners (both called in the frame thread)."""
+    """A ServiceObserver that drives a SystemdNotifier; `on_result` and `on_tick` are called in the frame thread."""
 
-    def __init__(self, service: Service, notifier: SystemdNotifier, clock: Clock = time.monotonic) -> None:
-        self.service = service
+    def __init__(self, notifier: SystemdNotifier, clock: Clock = time.monotonic) -> None:
         self.notifier = notifier
         self.clock = clock
         self.parts = 0
         self.ready = False
-        camera = service.config.camera
-        self.camera = CameraProgress(camera.frame_timeout_s + camera.reconnect_max_s + CAMERA_GRACE_S, clock)
+        self._service: ServiceView | None = None
+        self.camera: CameraProgress | None = None  # the camera config's timeouts set its limit (starting)
         self._camera_stalled = False
         self._publisher_stalled = False
         self._sent_status = ""
         self._next_status = 0.0
 
-    def loading(self) -> None:
+    @property
+    def service(self) -> ServiceView:
+        if self._service is None:
+            raise RuntimeError("the systemd link is not started")
+        return self._service
+
+    def starting(self, service: ServiceView) -> None:
+        self._service = service
+        camera = service.config.camera
+        limit = camera.frame_timeout_s + camera.reconnect_max_s + CAMERA_GRACE_S
+        self.camera = CameraProgress(limit, self.clock)
         self._send_status("loading and warming up the model (compiling can take minutes on first start)")
 
     def on_result(self, part: InspectedPart) -> None:
@@ -206,8 +216,7 @@ class SystemdLink:
         up on the bundle's reference images before the frame loop started)."""
         if self.service.config.mode.kind == "continuous":
             return self.parts > 0
-        source = self.service.source
-        return source is not None and source.frames_in > 0
+        return self.service.status_payload()["camera"]["frames_in"] > 0
 
     def status_text(self) -> str:
         """One line for `systemctl status`, e.g. 'inspecting, 1234 parts, model 1.2.0'."""
@@ -238,10 +247,11 @@ class SystemdLink:
             self._sent_status = one_line(text)
 
     def _camera_moves(self) -> bool:
-        source = self.service.source
-        if source is None:
+        assert self.camera is not None
+        camera = self.service.status_payload()["camera"]
+        if camera["state"] == "stopped":  # not started yet, or stopping: nothing to stall
             return True
-        alive = self.camera.alive(source.frames_in, source.reconnects)
+        alive = self.camera.alive(camera["frames_in"], camera["reconnects"])
         if not alive and not self._camera_stalled:
             log.error(
                 "the camera thread made no progress for %.0f s; no longer feeding the systemd watchdog, so the "
@@ -253,8 +263,7 @@ class SystemdLink:
 
     def _publisher_moves(self) -> bool:
         """A publisher thread that ended or hangs sends nothing more until a restart, so stop feeding."""
-        publisher = getattr(self.service, "publisher", None)
-        alive = publisher is None or publisher.alive()
+        alive = self.service.publisher_alive()
         if not alive and not self._publisher_stalled:
             log.error("the publisher thread has stopped; no longer feeding the systemd watchdog")
         self._publisher_stalled = not alive
@@ -266,13 +275,9 @@ class SystemdLink:
             self._sent_status = text
 
 
-def attach_systemd(service: Service, notifier: SystemdNotifier | None = None) -> SystemdLink | None:
-    """Link `service` to systemd when it runs under it ($NOTIFY_SOCKET set); None (nothing attached) otherwise."""
+def systemd_link(notifier: SystemdNotifier | None = None) -> SystemdLink | None:
+    """The observer that links a service to systemd when it runs under it ($NOTIFY_SOCKET set); None otherwise."""
     notifier = notifier or SystemdNotifier.from_environment()
     if not notifier.active:
         return None
-    link = SystemdLink(service, notifier)
-    service.result_listeners.append(link.on_result)
-    service.tick_listeners.append(link.on_tick)
-    link.loading()
-    return link
+    return SystemdLink(notifier)

@@ -25,6 +25,7 @@ def device(broker, bundle, keys, tmp_path):
         "heatmaps": {"publish": "off"},
         "openvino": {"threads": 1},
         "updates": {"local_folder": str(tmp_path)},  # the tests push bundles from their own folder
+        "metrics": {"port": 0},
     }
     service = Service(parse_config(raw, "push test config"))
     thread = threading.Thread(target=service.run, daemon=True)
@@ -92,6 +93,7 @@ def signed_device(new_broker, bundle, keys, tmp_path):
         "heatmaps": {"publish": "off"},
         "openvino": {"threads": 1},
         "updates": {"local_folder": str(tmp_path), "signed_commands": True},
+        "metrics": {"port": 0},
     }
     raw["mqtt"]["tls"] = {"ca_file": str(pki["ca"])}
     service = Service(parse_config(raw, "signed commands test config"))

@@ -129,6 +129,7 @@ def make_config(tmp_path: Path, slot: Path):
             "heatmaps": {"publish": "off"},
             "stats_interval_s": 1,
             "openvino": {"threads": 1},
+            "metrics": {"port": 0},  # any free port: tests (and other test runs) must not collide on 9464
         }
         return deep_merge(base, overrides)
 
@@ -146,14 +147,18 @@ def shared_inspector(slot: Path):
 
 @pytest.fixture
 def run_service(shared_inspector):
-    """Start a Service in a thread from a raw config dict; it is stopped (and must end) after the test."""
+    """Start a Service in a thread from a raw config dict, with the observers `run` attaches (the operator view
+    when the config enables it, the systemd link under $NOTIFY_SOCKET); it is stopped (and must end) after the
+    test."""
+    from edge_runtime.service.observers import standard_observers
     from edge_runtime.service.service import Service
     from edge_runtime.service.service_config import parse_config
 
     running: list[tuple[Service, threading.Thread]] = []
 
     def start(raw: dict) -> Service:
-        service = Service(parse_config(raw, "test config"), inspector=shared_inspector)
+        config = parse_config(raw, "test config")
+        service = Service(config, inspector=shared_inspector, observers=standard_observers(config))
         thread = threading.Thread(target=service.run, name="service", daemon=True)
         thread.start()
         assert service.started.wait(30), "service did not start"

@@ -8,9 +8,11 @@ import json
 import shutil
 import tarfile
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_runtime.manifest import SIGNATURE_NAME
 from edge_runtime.service.model_store import ModelStore
@@ -191,6 +193,15 @@ def final_reply(listener, request_id: str, timeout: float = 60) -> dict:
     return ended()[0]
 
 
+def scraped_model_versions(service) -> tuple[str, str]:  # noqa: ANN001 - a Service
+    """The model version /metrics names: in d3ad_inspector_info and in d3ad_model_info."""
+    with urllib.request.urlopen(service.metrics_endpoint.url, timeout=10) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    (inspector,) = families["d3ad_inspector_info"].samples
+    (model,) = families["d3ad_model_info"].samples
+    return inspector.labels["model_version"], model.labels["version"]
+
+
 def frame_gap_at_switch(results: list[dict], old: str, new: str) -> float:
     """Seconds of stream between the last part judged by `old` and the first judged by `new`."""
     ordered = sorted(results, key=lambda r: int(r["part_id"].rsplit("-", 1)[1]))
@@ -208,6 +219,7 @@ def test_install_switches_between_frames_survives_a_restart_and_rolls_back(
     service = start_service(raw)
     listener.wait_for(lambda: len(results_of(listener, "1.0.0")) >= 3, 30, "results of model 1.0.0")
     assert model_state(listener)["active"] == "1.0.0" and model_state(listener)["previous"] is None
+    assert scraped_model_versions(service) == ("1.0.0", "1.0.0")
 
     shutil.copy(update_bundles["good"], bundle_server.folder / "v2.tar")
     request = {"url": bundle_server.url("v2.tar"), "version": "2.0.0", "sha256": sha256(update_bundles["good"])}
@@ -215,6 +227,7 @@ def test_install_switches_between_frames_survives_a_restart_and_rolls_back(
     outcome = final_reply(listener, "up-1")
     assert outcome == {**outcome, "ok": True, "outcome": "installed", "version": "2.0.0"}
     listener.wait_for(lambda: len(results_of(listener, "2.0.0")) >= 3, 30, "results of model 2.0.0")
+    assert scraped_model_versions(service) == ("2.0.0", "2.0.0"), "the info metric follows the model"
 
     gap = frame_gap_at_switch(results_of(listener), "1.0.0", "2.0.0")
     assert gap == pytest.approx(1 / FPS, abs=0.01), "the frame after the last old result went to the new model"
@@ -235,6 +248,7 @@ def test_install_switches_between_frames_survives_a_restart_and_rolls_back(
     outcome = final_reply(listener, "back-1")
     assert outcome["ok"] and outcome["outcome"] == "rolled_back" and outcome["version"] == "1.0.0"
     listener.wait_for(lambda: len(results_of(listener, "1.0.0")) >= 2, 30, "results after the rollback")
+    assert scraped_model_versions(service) == ("1.0.0", "1.0.0")
     assert frame_gap_at_switch(results_of(listener), "2.0.0", "1.0.0") == pytest.approx(1 / FPS, abs=0.01)
     state = model_state(listener)
     assert (state["active"], state["previous"]) == ("1.0.0", "2.0.0")

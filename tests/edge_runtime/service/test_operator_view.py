@@ -23,9 +23,11 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from edge_runtime.service.observers import standard_observers
 from edge_runtime.service.operator_view import OperatorView, assess_health
 from edge_runtime.service.service import Service
 from edge_runtime.service.service_config import ConfigError, parse_config
+from edge_runtime.service.systemd_notify import SystemdNotifier
 from tests.edge_runtime.service.conftest import wait_until
 
 FPS = 4  # recorded parts play at this rate
@@ -59,6 +61,11 @@ def view_config(make_config, broker_port: int, folder: Path, **overrides) -> dic
         operator_view={"enabled": True, "port": 0},
         **overrides,
     )
+
+
+def operator_view_of(service: Service) -> OperatorView | None:
+    """The operator view among the service's observers (they are dropped when they cannot start)."""
+    return next((observer for observer in service.observers if isinstance(observer, OperatorView)), None)
 
 
 def part_number(result: dict) -> int:
@@ -154,7 +161,7 @@ def test_page_in_headless_chromium_shows_the_services_verdicts_and_model(
     chromium = chromium_binary()
     listener = listen(broker.port, "test")
     service = run_service(view_config(make_config, broker.port, recorded_parts[0].parent))
-    view = service.operator_view
+    view = operator_view_of(service)
     assert view is not None and view.port > 0
     results = stream_recording(service, listener)
     latest = results[-1]
@@ -191,7 +198,7 @@ def test_metrics_agree_with_the_services_counters_and_follow_the_broker(
 ):
     listener = listen(broker.port, "test")
     service = run_service(view_config(make_config, broker.port, recorded_parts[0].parent))
-    view = service.operator_view
+    view = operator_view_of(service)
     results = stream_recording(service, listener)
 
     answer = get(view.url + "metrics")
@@ -235,16 +242,19 @@ def test_metrics_agree_with_the_services_counters_and_follow_the_broker(
 
 
 def unstarted_service(tmp_path: Path, **view) -> Service:
-    """A service that is built but never run: no model, no camera, no broker."""
+    """A service that is built but never run: no model, no camera, no broker; with the observers `run` would
+    attach outside systemd."""
     raw = {"bundle": {"slot": str(tmp_path)}, "state_dir": str(tmp_path / "state"), "operator_view": view}
-    return Service(parse_config(raw, "test config"))
+    config = parse_config(raw, "test config")
+    return Service(config, observers=standard_observers(config, SystemdNotifier.from_environment({})))
 
 
 def test_healthz_fails_until_the_loop_turns_and_when_it_stalls_or_stops(tmp_path):
     now = [1000.0]
-    service = unstarted_service(tmp_path, enabled=True, port=0, healthz_stale_s=5)
-    view = OperatorView(service, service.config.operator_view, clock=lambda: now[0])
-    view.start()
+    service = unstarted_service(tmp_path, enabled=False, port=0, healthz_stale_s=5)
+    view = OperatorView(service.config.operator_view, clock=lambda: now[0])  # attached here, with a test clock
+    service.attach(view)
+    service._start_observers()
     try:
         waiting = get(view.url + "healthz")
         assert waiting.status == 503 and "not started" in json.loads(waiting.body)["reason"]
@@ -275,8 +285,8 @@ def test_healthz_fails_until_the_loop_turns_and_when_it_stalls_or_stops(tmp_path
         assert families["d3ad_model_info"].samples == [] and families["d3ad_parts_inspected"].samples[0].value == 0
         assert get(view.url + "nothing-here").status == 404
     finally:
-        view.stop()
-    assert view.parts.record not in service.result_listeners and not service.tick_listeners
+        service._stop_observers()
+    assert view.on_result not in service.result_listeners and not service.tick_listeners
 
 
 def test_health_is_judged_on_state_and_the_age_of_the_last_turn():
@@ -298,27 +308,27 @@ def test_view_is_off_by_default_and_strictly_configured(tmp_path):
         parse_config({"bundle": {"slot": str(tmp_path)}, "operator_view": {"port": 70000}}, "bad")
 
     service = unstarted_service(tmp_path)
-    service._start_operator_view()
-    assert service.operator_view is None and not service.tick_listeners, "nothing listens unless enabled"
+    service._start_observers()
+    assert operator_view_of(service) is None and not service.tick_listeners, "nothing listens unless enabled"
 
 
 def test_view_binds_to_localhost_by_default_and_a_taken_port_costs_only_the_view(tmp_path):
     service = unstarted_service(tmp_path, enabled=True, port=0)
-    service._start_operator_view()
+    service._start_observers()
     try:
-        view = service.operator_view
+        view = operator_view_of(service)
         assert view is not None and view.url == f"http://127.0.0.1:{view.port}/"
         assert view._server.server_address[0] == "127.0.0.1"
         assert get(view.url + "healthz").status == 503  # it answers (the loop has not turned here)
     finally:
-        service._stop_operator_view()
+        service._stop_observers()
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = unstarted_service(tmp_path, enabled=True, port=taken.getsockname()[1])
-        busy._start_operator_view()
-    assert busy.operator_view is None
+        busy._start_observers()
+    assert operator_view_of(busy) is None
     assert "operator view cannot listen on 127.0.0.1:" in busy.last_error
 
 
@@ -345,9 +355,9 @@ def answer_of(connection: socket.socket) -> bytes:
 
 def test_connections_are_bounded_and_half_sent_requests_time_out(tmp_path):
     service = unstarted_service(tmp_path, enabled=True, port=0, max_connections=4, request_timeout_s=1.0)
-    view = OperatorView(service, service.config.operator_view)
+    view = OperatorView(service.config.operator_view)
     before = threading.active_count()
-    view.start()
+    view.starting(service)
     try:
         stalled = half_sent_requests(view.port, 30)
         time.sleep(0.3)
@@ -363,13 +373,13 @@ def test_connections_are_bounded_and_half_sent_requests_time_out(tmp_path):
         wait_until(lambda: threading.active_count() - before <= 1, 5, "the handler threads to end")
         assert get(view.url + "healthz").headers["Content-Type"] == "application/json", "it serves again"
     finally:
-        view.stop()
+        view.stopping()
 
 
 def test_a_client_hanging_up_mid_request_or_response_is_one_log_line(tmp_path, caplog, capfd):
     service = unstarted_service(tmp_path, enabled=True, port=0)
-    view = OperatorView(service, service.config.operator_view)
-    view.start()
+    view = OperatorView(service.config.operator_view)
+    view.starting(service)
     caplog.set_level(logging.INFO)
     try:
         for _ in range(40):
@@ -382,7 +392,7 @@ def test_a_client_hanging_up_mid_request_or_response_is_one_log_line(tmp_path, c
         time.sleep(0.5)
         assert b"<title>D3AD operator view</title>" in get(view.url).body, "it serves on"
     finally:
-        view.stop()
+        view.stopping()
     assert "Traceback" not in capfd.readouterr().err
     assert [record for record in caplog.records if record.exc_info] == []
     gone = [record.getMessage() for record in caplog.records if "went away" in record.getMessage()]

@@ -207,16 +207,32 @@ def stand_in_service(kind: str, frames_in: int = 0) -> SimpleNamespace:
     service.status_payload = lambda: {
         "state": "running" if service.source.frames_in else "starting",
         "model_version": "1.2.0",
-        "camera": {"state": "streaming", "frames_in": service.source.frames_in},
+        "camera": {
+            "state": "streaming",
+            "frames_in": service.source.frames_in,
+            "reconnects": service.source.reconnects,
+        },
         "last_error": None,
     }
+    service.publisher_alive = lambda: True
     return service
+
+
+def started_link(service: SimpleNamespace, notifier: RecordingNotifier, clock: FakeClock) -> SystemdLink:
+    """The link as a service starts it; the loading STATUS that `starting` sends is set aside."""
+    link = SystemdLink(notifier, clock)
+    link.starting(service)
+    assert [fields["STATUS"] for fields in notifier.fields("STATUS")] == [
+        "loading and warming up the model (compiling can take minutes on first start)"
+    ]
+    notifier.sent.clear()
+    return link
 
 
 def test_continuous_mode_is_ready_after_the_first_inspected_part():
     service = stand_in_service("continuous", frames_in=3)
     notifier = RecordingNotifier(FakeClock())
-    link = SystemdLink(service, notifier, notifier.clock)
+    link = started_link(service, notifier, notifier.clock)
     link.on_tick()
     assert not link.ready and notifier.fields("READY") == [], "frames alone are not enough: no part inspected yet"
     status = notifier.fields("STATUS")[0]["STATUS"]
@@ -232,7 +248,7 @@ def test_continuous_mode_is_ready_after_the_first_inspected_part():
 def test_triggered_mode_is_ready_once_a_frame_arrived():
     service = stand_in_service("triggered")
     notifier = RecordingNotifier(FakeClock())
-    link = SystemdLink(service, notifier, notifier.clock)
+    link = started_link(service, notifier, notifier.clock)
     link.on_tick()
     assert not link.ready
     assert notifier.fields("STATUS")[0]["STATUS"].startswith("model 1.2.0 loaded, waiting for the first frame")
@@ -245,7 +261,7 @@ def test_watchdog_starves_when_the_camera_thread_stops_moving():
     clock = FakeClock()
     notifier = RecordingNotifier(clock, watchdog_interval_s=2.0)
     service = stand_in_service("continuous", frames_in=1)
-    link = SystemdLink(service, notifier, clock)
+    link = started_link(service, notifier, clock)
     limit = link.camera.limit_s
     assert limit == 5.0 + 30.0 + 30.0, "frame timeout + longest reconnect backoff + grace"
     hang_at = 20.0  # the camera delivers a frame every 0.5 s, then its thread hangs
@@ -361,8 +377,8 @@ def test_watchdog_starves_when_the_publisher_thread_stops():
     notifier = RecordingNotifier(clock, watchdog_interval_s=2.0)
     service = stand_in_service("continuous", frames_in=1)
     publisher_alive = [True]
-    service.publisher = SimpleNamespace(alive=lambda: publisher_alive[0])
-    link = SystemdLink(service, notifier, clock)
+    service.publisher_alive = lambda: publisher_alive[0]
+    link = started_link(service, notifier, clock)
     for step in range(20):
         if step == 10:
             publisher_alive[0] = False  # results would pile up unsent until a restart
