@@ -10,6 +10,8 @@ import logging
 import socket
 import sys
 import threading
+from collections.abc import Callable
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -38,6 +40,9 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         self.request_timeout_s = request_timeout_s
         self.refused = 0
         self._slots = threading.BoundedSemaphore(max_connections)
+        self.host = address[0]  # as configured, for URLs (the bound address may read differently)
+        # Before the socket is made: an IPv6 literal (it has colons) needs an IPv6 socket.
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, handler)
 
     def process_request(self, request: socket.socket, client_address: Any) -> None:  # noqa: ANN401
@@ -76,6 +81,30 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         self.shutdown_request(request)
 
 
+class ServingThread:
+    """A bound server served from a daemon thread until `close()`: the one lifecycle of every local endpoint."""
+
+    def __init__(self, server: BoundedHTTPServer, name: str) -> None:
+        self.server = server
+        self._thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (differs from the config when it asked for 0)."""
+        return int(self.server.server_address[1])
+
+    def url(self, path: str) -> str:
+        host = self.server.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{self.port}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+
 class BoundedRequestHandler(BaseHTTPRequestHandler):
     """Applies the server's request timeout to the socket; request and timeout logs go to the debug log."""
 
@@ -84,6 +113,33 @@ class BoundedRequestHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.request_timeout_s  # StreamRequestHandler.setup sets it on the socket
         super().setup()
+
+    def answer_guarded(self, endpoint: str, answer: Callable[[], None]) -> None:
+        """Run one request's answer: a client gone is one log line, any other failure is one failed request
+        (a 500 where the socket still takes it), never a dead server."""
+        try:
+            answer()
+        except CLIENT_GONE as error:  # the browser closed the tab or a scraper gave up: nothing to answer
+            log.info("%s: client %s went away during %s: %s", endpoint, self.address_string(), self.path, error)
+            self.close_connection = True
+        except Exception:  # e.g. a scrape racing the shutdown
+            log.exception("%s: %s failed", endpoint, self.path)
+            with contextlib.suppress(*CLIENT_GONE):
+                self.send_body(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", b"internal error\n")
+
+    def send_body(
+        self, status: HTTPStatus, content_type: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        """A complete answer, never cached and never content-sniffed by a browser."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002, ANN401 - the base class's signature
         log.debug("%s: " + format, self.address_string(), *args)

@@ -7,10 +7,8 @@ threads, on demand and once per part. Every counter on the page comes from the s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import socket
 import threading
 import time
 from collections import deque
@@ -20,7 +18,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from edge_runtime.service.bounded_http import CLIENT_GONE, BoundedHTTPServer, BoundedRequestHandler
+from edge_runtime.service.bounded_http import BoundedHTTPServer, BoundedRequestHandler, ServingThread
 from edge_runtime.service.operator_page import PAGE_HTML
 from edge_runtime.service.service_config import OperatorViewConfig
 from edge_runtime.service.service_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -179,8 +177,7 @@ class OperatorView:
         self.parts = PartLog(config.recent_parts)
         self._service: ServiceView | None = None
         self._overlays: OverlayCache | None = None
-        self._server: _ViewServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServingThread | None = None
 
     # --- the observer --------------------------------------------------------------------------------
 
@@ -188,18 +185,13 @@ class OperatorView:
         """Bind and serve; ObserverUnavailable when the address cannot be bound (port taken, no such address)."""
         self._service = service
         self._overlays = OverlayCache(service.config.heatmaps.jpeg_quality)
-        server_class = _ViewServerV6 if ":" in self.config.host else _ViewServer
         config = self.config
         try:
-            server = server_class(
-                (config.host, config.port), _Handler, config.max_connections, config.request_timeout_s
-            )
+            server = _ViewServer((config.host, config.port), _Handler, config.max_connections, config.request_timeout_s)
         except OSError as error:
             raise ObserverUnavailable(f"operator view cannot listen on {config.host}:{config.port}: {error}") from error
         server.view = self
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="operator-view", daemon=True)
-        self._thread.start()
+        self._serving = ServingThread(server, "operator-view")
         log.info("operator view on %s", self.url)
 
     def on_tick(self) -> None:
@@ -209,24 +201,21 @@ class OperatorView:
         self.parts.record(part)
 
     def stopping(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._serving is not None:
+            self._serving.close()
 
     @property
     def port(self) -> int:
         """The port actually bound (differs from the config when it asked for 0)."""
-        if self._server is None:
+        if self._serving is None:
             raise RuntimeError("the operator view is not started")
-        return int(self._server.server_address[1])
+        return self._serving.port
 
     @property
     def url(self) -> str:
-        host = self.config.host
-        shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{self.port}/"
+        if self._serving is None:
+            raise RuntimeError("the operator view is not started")
+        return self._serving.url("/")
 
     # --- what the endpoints answer -------------------------------------------------------------------
 
@@ -286,46 +275,26 @@ class _ViewServer(BoundedHTTPServer):
     view: OperatorView
 
 
-class _ViewServerV6(_ViewServer):
-    address_family = socket.AF_INET6
-
-
 class _Handler(BoundedRequestHandler):
     server: _ViewServer
     server_version = "d3ad-operator-view"
 
     def do_GET(self) -> None:
-        route = _ROUTES.get(urlsplit(self.path).path)
-        try:
-            if route is None:
-                self._send(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", b"not found\n")
-                return
-            route(self)
-        except CLIENT_GONE as error:  # the browser closed the tab or a scraper gave up: nothing to answer
-            log.info("operator view: client %s went away during %s: %s", self.address_string(), self.path, error)
-            self.close_connection = True
-        except Exception:  # e.g. a scrape racing the shutdown: one failed request, never a dead server
-            log.exception("operator view: %s failed", self.path)
-            with contextlib.suppress(*CLIENT_GONE):
-                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", b"internal error\n")
+        self.answer_guarded("operator view", self._answer)
 
-    def _send(self, status: HTTPStatus, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
+    def _answer(self) -> None:
+        route = _ROUTES.get(urlsplit(self.path).path)
+        if route is None:
+            self.send_body(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", b"not found\n")
+            return
+        route(self)
 
     def _send_json(self, status: HTTPStatus, body: dict[str, Any]) -> None:
-        self._send(status, "application/json", json.dumps(body, separators=(",", ":")).encode("utf-8"))
+        self.send_body(status, "application/json", json.dumps(body, separators=(",", ":")).encode("utf-8"))
 
     def page(self) -> None:
         headers = {"Content-Security-Policy": _PAGE_POLICY}
-        self._send(HTTPStatus.OK, "text/html; charset=utf-8", PAGE_HTML.encode("utf-8"), headers)
+        self.send_body(HTTPStatus.OK, "text/html; charset=utf-8", PAGE_HTML.encode("utf-8"), headers)
 
     def state(self) -> None:
         self._send_json(HTTPStatus.OK, asdict(self.server.view.view_state()))
@@ -333,13 +302,13 @@ class _Handler(BoundedRequestHandler):
     def overlay(self) -> None:
         latest = self.server.view.overlay()
         if latest is None:
-            self._send(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", b"no part inspected yet\n")
+            self.send_body(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", b"no part inspected yet\n")
             return
         part_id, jpeg = latest
-        self._send(HTTPStatus.OK, "image/jpeg", jpeg, {"X-Part-Id": part_id})
+        self.send_body(HTTPStatus.OK, "image/jpeg", jpeg, {"X-Part-Id": part_id})
 
     def metrics(self) -> None:
-        self._send(HTTPStatus.OK, METRICS_CONTENT_TYPE, self.server.view.metrics_text())
+        self.send_body(HTTPStatus.OK, METRICS_CONTENT_TYPE, self.server.view.metrics_text())
 
     def healthz(self) -> None:
         health = self.server.view.health()

@@ -318,7 +318,7 @@ def test_view_binds_to_localhost_by_default_and_a_taken_port_costs_only_the_view
     try:
         view = operator_view_of(service)
         assert view is not None and view.url == f"http://127.0.0.1:{view.port}/"
-        assert view._server.server_address[0] == "127.0.0.1"
+        assert view._serving.server.server_address[0] == "127.0.0.1"
         assert get(view.url + "healthz").status == 503  # it answers (the loop has not turned here)
     finally:
         service._stop_observers()
