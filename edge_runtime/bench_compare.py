@@ -56,14 +56,10 @@ def read_run(path: Path, steps: int) -> ComparedRun:
     )
 
 
-def _reference(runs: list[ComparedRun], which: str) -> ComparedRun | None:
-    found = [run for run in runs if (run.is_torch if which == "torch" else run.is_memory_only)]
-    return found[0] if found else None
-
-
 def compare_table(runs: list[ComparedRun]) -> str:
     """Markdown: one row per report, ratios against the torch run and the memory-only run where present."""
-    torch_run, memory_run = _reference(runs, "torch"), _reference(runs, "memory")
+    torch_run = next((run for run in runs if run.is_torch), None)
+    memory_run = next((run for run in runs if run.is_memory_only), None)
     lines = [
         "| pipeline | steps | p50 ms | p99 ms | p99 / p50 | fps latency | fps throughput | peak RSS MB "
         "| speed-up vs torch (p50) | added over memory-only (p50) |",
