@@ -18,7 +18,7 @@ from edge_runtime.openvino_networks import RuntimeOptions
 from edge_runtime.preprocess import FrameError
 from edge_runtime.service.commands import CommandError, CommandRegistry, part_id_of
 from edge_runtime.service.download import DownloadLimits
-from edge_runtime.service.frames import CameraEvent, Frame, FrameSource
+from edge_runtime.service.frames import CameraEvent, CameraState, Frame, FrameSource
 from edge_runtime.service.learning import Learning
 from edge_runtime.service.messages import encode_json, result_payload, utc_now
 from edge_runtime.service.metrics_endpoint import MetricsEndpoint
@@ -79,6 +79,13 @@ class Service:
         self.boot_id = new_boot_id()
         self.state = "starting"
         self.last_error: str | None = None
+        # The camera state a status reports: the source's, as its events tell it, set together with the error
+        # a loss comes with. The source's own `state` changes before its event is handled, so a status built
+        # from it in another thread meanwhile would say the camera is lost without saying why.
+        self.camera_state: CameraState = "stopped"
+        # Held while the error or camera state changes and while a status is built and sent: each status is
+        # one consistent snapshot, and statuses go out in the order of the changes they report.
+        self._status_lock = threading.RLock()
         self.produced = 0
         self.inspector = inspector
         self.store = ModelStore(config.state_dir / MODELS_FOLDER)
@@ -457,19 +464,29 @@ class Service:
     # --- status, stats and replies -------------------------------------------------------------------
 
     def _on_camera(self, event: CameraEvent) -> None:
-        if event.state == "lost":
-            self._set_error(f"camera lost: {event.reason}")
-        elif event.state == "streaming" and self.state == "starting":
-            self.state = "running"
-        self.publish_status()
+        with self._status_lock:
+            if event.state == "lost":
+                self._record_error(f"camera lost: {event.reason}")
+            elif event.state == "streaming" and self.state == "starting":
+                self.state = "running"
+            self.camera_state = event.state
+            self.publish_status()
 
     def _set_error(self, message: str) -> None:
+        with self._status_lock:
+            self._record_error(message)
+            self.publish_status()
+
+    def _record_error(self, message: str) -> None:
         log.error(message)
         self.last_error = message
-        self.publish_status()
 
     def status_payload(self) -> dict[str, Any]:
-        camera = self.source.state if self.source is not None else "stopped"
+        with self._status_lock:
+            return self._status_snapshot()
+
+    def _status_snapshot(self) -> dict[str, Any]:
+        camera = self.camera_state
         state = self.state
         if state in ("starting", "running") and camera == "lost":
             state = "camera_lost"
@@ -509,7 +526,9 @@ class Service:
             self.publisher.send(self.topics.model, payload, MODEL_QOS, MODEL_RETAIN)
 
     def publish_status(self) -> None:
-        if self.publisher is not None:
+        if self.publisher is None:
+            return
+        with self._status_lock:  # sending only queues the message, so holding the lock costs nothing
             self.publisher.send(self.topics.status, encode_json(self.status_payload()), STATUS_QOS, STATUS_RETAIN)
 
     def stats_payload(self) -> dict[str, Any]:

@@ -4,7 +4,9 @@ Session rules (Sparkplug 3.0): every CONNECT registers an NDEATH will carrying a
 previous CONNECT's (persisted in the state folder, so a restart never reuses the number of a session whose will
 may still be delivered); after CONNACK the node publishes NBIRTH (seq 0, same bdSeq), then DBIRTH, then DDATA with
 seq counting on modulo 256. An NCMD `Node Control/Rebirth` = true repeats both births. A clean stop publishes the
-NDEATH itself before disconnecting.
+NDEATH itself before disconnecting. Nothing but the births goes out on a connection before its NBIRTH: each
+publish checks, under a lock the network thread also takes before every CONNECT, that the node was born on the
+connection that is current at that moment.
 
 Delivery: each inspected part is queued by the frame loop (a list append, nothing else) and written to the node's
 own SQLite outbox by this node's thread. DDATA is QoS 0 as the specification requires, so there is no PUBACK; a
@@ -127,7 +129,11 @@ class SparkplugNode:
         self._will_bd_seq = self.bd_seq_file.following()  # registered by the next CONNECT
         self.births = 0  # NBIRTHs published, rebirths included
         self.connected = threading.Event()
-        self.born = threading.Event()  # NBIRTH and DBIRTH went out on the current connection
+        # Connections are numbered by the network thread before each CONNECT; the node thread publishes only on
+        # the one it was born on. The lock makes "born on the current connection, so publish" one step.
+        self._session_lock = threading.Lock()
+        self._session = 0  # CONNECTs sent so far: the number of the current (or coming) connection
+        self._born_session = -1  # the connection NBIRTH and DBIRTH went out on
         self._parts: queue.SimpleQueue[PartRecord] = queue.SimpleQueue()
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()  # from paho's thread
         self._wake = threading.Event()
@@ -203,6 +209,9 @@ class SparkplugNode:
         # Attempts that never got a session (broker away, refused) keep the number: only sessions count.
         self.bd_seq_file.write(self._will_bd_seq)
         client.will_set(self.topics.node("NDEATH"), node_death(self._will_bd_seq, now_ms()), DEATH_QOS)
+        # Before the socket exists: a node thread still busy with the last connection cannot publish on this one.
+        with self._session_lock:
+            self._session += 1
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         if reason_code.is_failure:
@@ -210,7 +219,7 @@ class SparkplugNode:
             return
         self.bd_seq, self._will_bd_seq = self._will_bd_seq, (self._will_bd_seq + 1) % 256
         client.subscribe([(self.topics.node("NCMD"), COMMAND_QOS), (self.topics.device("DCMD"), COMMAND_QOS)])
-        self._events.put(("connected", None))
+        self._events.put(("connected", self._session))
         self.connected.set()
         self._wake.set()
 
@@ -218,7 +227,6 @@ class SparkplugNode:
         if self.connected.is_set() and not self._stop.is_set():
             log.warning("Sparkplug connection lost: %s; reconnecting with a new bdSeq", reason_code)
         self.connected.clear()
-        self.born.clear()
         self._events.put(("disconnected", None))
         self._wake.set()
 
@@ -250,7 +258,7 @@ class SparkplugNode:
                 break
             if kind == "connected":
                 self._forget_connection()
-                self._birth()
+                self._birth(value)
             elif kind == "disconnected":
                 self._forget_connection()
             elif kind == "confirmed":
@@ -258,7 +266,7 @@ class SparkplugNode:
                     self.outbox.delete(seq)
             elif kind == "command":
                 self._command(*value)
-        if self.born.is_set():
+        if self._born():
             self._report_state()
             self._send_rows()
 
@@ -277,22 +285,29 @@ class SparkplugNode:
         self._seq = (self._seq + 1) % 256
         return seq
 
-    def _birth(self) -> None:
-        """NBIRTH (seq 0) and DBIRTH with the current values; also on a rebirth request."""
-        if not self.connected.is_set():
-            return
-        self._birth_ms = now_ms()
-        self._seq = 1  # NBIRTH is 0
-        self.client.publish(self.topics.node("NBIRTH"), node_birth(self.bd_seq, self._birth_ms), 0)
+    def _born(self) -> bool:
+        """NBIRTH and DBIRTH went out on the current connection (checked again under the lock when publishing)."""
+        return self._born_session == self._session and self.connected.is_set()
+
+    def _birth(self, session: int) -> None:
+        """NBIRTH (seq 0) and DBIRTH with the current values on connection `session`, if it is still the
+        current one; also on a rebirth request."""
         state = self.device_state()
         values: dict[str, Any] = self._last_part.values() if self._last_part else {}
         values |= {"Status/State": state.state, TRIGGER: "", COMMAND_ERROR: self._command_error}
         if state.model_version is not None:
             values["Model/Version"] = state.model_version
-        self.client.publish(self.topics.device("DBIRTH"), device_birth(self._next_seq(), values, self._birth_ms), 0)
+        with self._session_lock:
+            if session != self._session or not self.connected.is_set():
+                return  # that connection is gone: the next one's "connected" event births on it
+            self._birth_ms = now_ms()
+            self._seq = 1  # NBIRTH is 0
+            self.client.publish(self.topics.node("NBIRTH"), node_birth(self.bd_seq, self._birth_ms), 0)
+            dbirth = device_birth(self._next_seq(), values, self._birth_ms)
+            self.client.publish(self.topics.device("DBIRTH"), dbirth, 0)
+            self._born_session = session
         self._last_state = state
         self.births += 1
-        self.born.set()
         log.info("Sparkplug NBIRTH/DBIRTH as %s (bdSeq %d)", self.topics.device("DBIRTH"), self.bd_seq)
 
     def _forget_connection(self) -> None:
@@ -313,9 +328,21 @@ class SparkplugNode:
         if changed:
             self._publish_data(changed, now_ms(), historical=False)
 
-    def _publish_data(self, values: dict[str, Any], metric_time_ms: int, historical: bool) -> mqtt.MQTTMessageInfo:
+    def _publish_data(self, values: dict[str, Any], metric_time_ms: int, historical: bool) -> bool:
+        """One DDATA on the connection the node was born on; False when that connection is gone (not sent)."""
         payload = device_data(self._next_seq(), values, metric_time_ms, historical, now_ms())
-        return self.client.publish(self.topics.device("DDATA"), payload, 0)
+        with self._session_lock:
+            if self._born_session != self._session:
+                return False
+            return self.client.publish(self.topics.device("DDATA"), payload, 0).rc == mqtt.MQTT_ERR_SUCCESS
+
+    def _request_confirmation(self) -> int | None:
+        """Ask the broker for an answer on the connection the rows went out on; its mid, or None when gone."""
+        with self._session_lock:
+            if self._born_session != self._session:
+                return None
+            result, mid = self.client.unsubscribe(self.topics.confirm)
+        return mid if result == mqtt.MQTT_ERR_SUCCESS else None
 
     def _send_rows(self) -> None:
         room = self.config.inflight - sum(len(rows) for rows in self._confirming.values())
@@ -324,14 +351,13 @@ class SparkplugNode:
         rows = self.outbox.after(self._last_sent, room)
         for row in rows:
             record = PartRecord.from_bytes(row.payload)
-            info = self._publish_data(record.values(), record.time_ms, historical=record.time_ms < self._birth_ms)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                return  # the connection went; the disconnect event resets what was sent
+            if not self._publish_data(record.values(), record.time_ms, historical=record.time_ms < self._birth_ms):
+                return  # the connection went; its events reset what was sent
             self._last_sent = row.seq
             self._unconfirmed.append(row.seq)
         if self._unconfirmed:
-            result, mid = self.client.unsubscribe(self.topics.confirm)
-            if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+            mid = self._request_confirmation()
+            if mid is not None:
                 self._confirming[mid] = self._unconfirmed
                 self._unconfirmed = []
 
@@ -345,7 +371,7 @@ class SparkplugNode:
             for name, value in metrics:
                 if name == REBIRTH and value is True:
                     log.info("rebirth requested")
-                    self._birth()
+                    self._birth(self._born_session)  # on the connection it was born on, if still current
                 else:
                     log.warning("NCMD metric %r = %r is not understood; only %s = true is", name, value, REBIRTH)
             return
@@ -366,5 +392,4 @@ class SparkplugNode:
     def _refuse(self, reason: str) -> None:
         log.warning("Sparkplug command refused: %s", reason)
         self._command_error = reason
-        if self.born.is_set():
-            self._publish_data({COMMAND_ERROR: reason}, now_ms(), historical=False)
+        self._publish_data({COMMAND_ERROR: reason}, now_ms(), historical=False)  # not sent before the births

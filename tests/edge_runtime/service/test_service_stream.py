@@ -88,6 +88,52 @@ def test_camera_that_ends_or_fails_is_reported_and_reconnected(broker, listen, m
     assert errors and errors[0] == "camera lost: no frame for 0.5 s", errors
 
 
+class RecordingPublisher:
+    """Stands in for the MQTT publisher: keeps every status the service sends."""
+
+    def __init__(self) -> None:
+        self.statuses: list[dict] = []
+
+    def send(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
+        if topic.endswith("/status"):
+            self.statuses.append(json.loads(payload))
+        return True
+
+
+def test_a_status_built_while_the_camera_is_being_lost_does_not_report_the_loss_without_its_error(tmp_path):
+    """The source marks itself lost before its event reaches the service; a status sent in that moment by
+    another thread (the publisher connecting, a `status` command) must not say camera_lost with no error."""
+    from edge_runtime.service.frames import FrameSource
+    from edge_runtime.service.service import Service
+    from edge_runtime.service.service_config import parse_config
+
+    raw = {"bundle": {"slot": str(tmp_path / "slot")}, "state_dir": str(tmp_path / "state")}
+    raw |= {"camera": {"pipeline": "videotestsrc"}, "mqtt": {"prefix": "test", "device_id": "cam1"}}
+    service = Service(parse_config(raw, "test config"))
+    publisher = RecordingPublisher()
+    service.publisher = publisher  # type: ignore[assignment]
+
+    def on_event(event) -> None:  # noqa: ANN001
+        if event.state == "lost":
+            service.publish_status()  # another thread's status, between the source's change and its event
+        service._on_camera(event)
+
+    failing = "filesrc location=/nonexistent/part.png ! pngdec"
+    source = FrameSource(failing, "gray", 1.0, (0.2, 0.2), on_event)
+    service.source = source
+    source.start()
+    try:
+        deadline = time.monotonic() + 15
+        while source.reconnects < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        source.stop()
+    assert source.reconnects >= 1, "the failing source was never reported lost"
+    lost = [s for s in publisher.statuses if s["state"] == "camera_lost"]
+    assert lost, publisher.statuses
+    assert all(s["last_error"] and "filesrc" in s["last_error"] for s in lost), lost
+
+
 def test_commands_malformed_ones_are_answered_with_errors(broker, listen, make_config, run_service):
     listener = listen(broker.port, "test")
     raw = make_config(broker.port, mode={"kind": "triggered"}, heatmaps={"publish": "all"})

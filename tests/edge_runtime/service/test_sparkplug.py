@@ -283,7 +283,6 @@ def test_dcmd_trigger_inspects_the_next_frame_under_its_part_id(broker, listen, 
     assert_sequence_rules(sparkplug_messages(host))
 
 
-@pytest.mark.xfail(strict=False, reason="some DDATA intermittently missing after a broker outage (cause open)")
 def test_broker_outage_rebirth_with_new_bdseq_and_historical_parts(new_broker, listen, make_config, run_service):
     # QoS 0 DDATA would not wait for an offline subscriber otherwise; the host must see everything.
     broker = new_broker(persistent=True, extra_config=["queue_qos0_messages true"])
@@ -299,10 +298,16 @@ def test_broker_outage_rebirth_with_new_bdseq_and_historical_parts(new_broker, l
     assert node is not None and node.outbox.depth() > 0, "parts made during the outage wait in the outbox"
     broker.start()
     host.wait_for(lambda: len(of_type(host, "NBIRTH")) >= 2, 30, "the rebirth after reconnecting")
-    assert of_type(host, "NBIRTH")[1]["values"]["bdSeq"] == (first_bd_seq + 1) % 256, "a new session, a new bdSeq"
+    second_bd_seq = of_type(host, "NBIRTH")[1]["values"]["bdSeq"]
+    assert second_bd_seq == (first_bd_seq + 1) % 256, "a new session, a new bdSeq"
+    # The broker published the first session's will when it went down: the host knows that session died.
+    deaths = lambda: [d["values"]["bdSeq"] for d in of_type(host, "NDEATH")]  # noqa: E731
+    host.wait_for(lambda: first_bd_seq in deaths(), 10, "the first session's NDEATH (its will)")
     host.wait_for(lambda: node.outbox.depth() == 0, 20, "the Sparkplug outbox drained")
     service.stop()
-    host.wait_for(lambda: of_type(host, "NDEATH"), 15, "NDEATH")
+    # Only the second session's NDEATH says the stop is complete (parts drained, `produced` final). Waiting for
+    # any NDEATH would return at once with the will above and compare the parts while the service still runs.
+    host.wait_for(lambda: second_bd_seq in deaths(), 15, "the NDEATH of the clean stop")
 
     produced = {service.part_id(n) for n in range(1, service.produced + 1)}
     seen = {p["values"]["Inspection/Part ID"] for p in part_data(host)}
@@ -312,6 +317,73 @@ def test_broker_outage_rebirth_with_new_bdseq_and_historical_parts(new_broker, l
     for part in historical:
         assert all(m["timestamp"] == part["values"]["Inspection/Time"] for m in part["metrics"])
     assert_sequence_rules(sparkplug_messages(host))
+
+
+class RecordingClient:
+    """Stands in for the node's paho client: records what would go out, in order, and always succeeds."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []  # message types, and UNSUBSCRIBE for confirmation requests
+        self.mids = iter(range(1, 10_000))
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False):  # noqa: ANN201
+        import paho.mqtt.client as mqtt
+
+        self.sent.append(topic.split("/")[2])
+        info = mqtt.MQTTMessageInfo(next(self.mids))
+        info.rc = mqtt.MQTT_ERR_SUCCESS
+        return info
+
+    def unsubscribe(self, topic: str) -> tuple[int, int]:
+        self.sent.append("UNSUBSCRIBE")
+        return 0, next(self.mids)
+
+    def will_set(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        pass
+
+
+def test_no_ddata_goes_out_on_a_new_connection_before_its_births(tmp_path):
+    """The node thread may still be sending rows of a connection when paho has already dropped it and sent the
+    next CONNECT; nothing of that turn may go out on the new connection before its NBIRTH and DBIRTH."""
+    from edge_runtime.service.plc_config import SparkplugConfig
+    from edge_runtime.service.service_config import MqttConfig, OutboxConfig
+    from edge_runtime.service.sparkplug import DeviceState, SparkplugNode
+    from edge_runtime.service.sparkplug_payloads import PartRecord
+
+    config = SparkplugConfig(enabled=True, group_id=GROUP, edge_node_id=NODE, device_id=DEVICE)
+    state = lambda: DeviceState("running", "1.0.0")  # noqa: E731
+    node = SparkplugNode(config, MqttConfig(), NODE, tmp_path, OutboxConfig(), state, lambda part_id: None)
+    client = RecordingClient()
+    node.client = client  # type: ignore[assignment]
+
+    def connect() -> int:
+        """What paho does for a connection: the pre-connect callback, then CONNACK; returns its number."""
+        node._on_pre_connect(client, None)  # type: ignore[arg-type]
+        node.connected.set()
+        return node._session
+
+    def part(number: int) -> PartRecord:
+        return PartRecord(int(time.time() * 1000), f"p{number}", "good", 0.1, 0.5, 0, 0, 1.0, "1.0.0", number, 0, 0, 0)
+
+    node._birth(connect())
+    node.on_part(part(1))
+    node._store_parts()
+    node._send_rows()
+    assert client.sent == ["NBIRTH", "DBIRTH", "DDATA", "UNSUBSCRIBE"]
+
+    client.sent.clear()
+    second = connect()  # the connection dropped and paho connected again; the node has not handled it yet
+    node.on_part(part(2))
+    node._store_parts()
+    node._send_rows()  # the rest of a turn that began on the first connection
+    node._refuse("a refusal of a command that came on the first connection")
+    assert client.sent == [], "DDATA (or a confirmation request) before the new connection's births"
+
+    node._forget_connection()
+    node._birth(second)
+    node._send_rows()
+    assert client.sent == ["NBIRTH", "DBIRTH", "DDATA", "DDATA", "UNSUBSCRIBE"], "both rows, after the births"
+    node.outbox.close()
 
 
 def run_cli(config_path: Path, log: Path) -> subprocess.Popen:
