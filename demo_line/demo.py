@@ -159,9 +159,10 @@ def with_data_root(config: TrainConfig, root: Path) -> TrainConfig:
 
 def train_model(config: TrainConfig, run_dir: Path) -> Path:
     """Train into run_dir; a finished run with the same config is reused, one with another config replaced."""
+    from train_host.run_store import load_run_config
     from train_host.training import train
 
-    if (run_dir / "config.yaml").is_file() and load_config(run_dir / "config.yaml") != config:
+    if (run_dir / "config.yaml").is_file() and load_run_config(run_dir / "config.yaml") != config:
         say(f"{run_dir} was trained with another config: training again")
         shutil.rmtree(run_dir)
     elif (run_dir / "calibration.json").is_file():

@@ -20,17 +20,33 @@ MemoryMode = Literal["patch", "image"]
 IMAGE_POOL_SIZE = 16
 
 
+OPENCV_MAX_CHANNELS = 128  # cv2 filters and resizes take at most this many channels per array
+
+
+def _channel_groups(stage_map: np.ndarray) -> list[np.ndarray]:
+    """A CxHxW map in slices of at most OPENCV_MAX_CHANNELS channels (the stride-32 stage alone has 192)."""
+    return [stage_map[start : start + OPENCV_MAX_CHANNELS] for start in range(0, len(stage_map), OPENCV_MAX_CHANNELS)]
+
+
 def local_average(stage_map: np.ndarray) -> np.ndarray:
     """3x3 neighbourhood mean of a CxHxW map (edges repeated), so each patch sees a little context."""
+    return np.concatenate([_box_filter(group) for group in _channel_groups(stage_map)])
+
+
+def _box_filter(stage_map: np.ndarray) -> np.ndarray:
     channels_last = np.ascontiguousarray(stage_map.transpose(1, 2, 0))
     averaged = cv2.blur(channels_last, (3, 3), borderType=cv2.BORDER_REPLICATE)
     return averaged.reshape(channels_last.shape).transpose(2, 0, 1)
 
 
 def _resize_channels(stage_map: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    """A CxHxW map resized to (height, width), returned channels last."""
     height, width = size
-    resized = cv2.resize(stage_map.transpose(1, 2, 0), (width, height), interpolation=interpolation)
-    return resized.reshape(height, width, -1)
+    resized = [
+        cv2.resize(group.transpose(1, 2, 0), (width, height), interpolation=interpolation).reshape(height, width, -1)
+        for group in _channel_groups(stage_map)
+    ]
+    return np.concatenate(resized, axis=2)
 
 
 def patch_vectors(stage_maps: Sequence[np.ndarray]) -> tuple[np.ndarray, tuple[int, int]]:

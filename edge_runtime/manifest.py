@@ -31,9 +31,12 @@ from edge_runtime.versions import version_problem
 #    device class. A new number, because a device that knows only 1 and 2 would refuse the new field with a
 #    misleading "malformed manifest"; it now says "unknown schema". Version 1 and 2 bundles still load: their
 #    model_version stays free text and they carry no target, so only devices not bound to a product take them.
-SCHEMA_VERSION = 3
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3})
+# 4: inspection.score_top_fraction (the image score is the mean of the map's highest pixels). Bundles of versions
+#    1-3 scored by the maximum and still do: the key is 0 for them when absent.
+SCHEMA_VERSION = 4
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3, 4})
 FIRST_BOUND_SCHEMA = 3
+FIRST_TOP_FRACTION_SCHEMA = 4
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
@@ -239,6 +242,17 @@ class Manifest(_Spec):
     files: dict[RelativePath, Sha256Hex] = Field(
         default_factory=dict, description="bundle path -> lowercase hex sha256, for every file but manifest.*"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scored_by_maximum_before_schema_4(cls, raw: Any) -> Any:
+        # The threshold of an older bundle was set on maximum scores; the new default would shift every score.
+        if not isinstance(raw, dict) or not isinstance(raw.get("inspection"), dict):
+            return raw
+        version = raw.get("schema_version", SCHEMA_VERSION)
+        if isinstance(version, int) and version < FIRST_TOP_FRACTION_SCHEMA:
+            return raw | {"inspection": {"score_top_fraction": 0.0} | raw["inspection"]}
+        return raw
 
     @field_validator("schema_version")
     @classmethod

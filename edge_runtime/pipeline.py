@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import cv2
 import numpy as np
 
-from edge_runtime.anomaly_map import MAP_KINDS, feature_map, fuse_maps, latent_map, resize_map
+from edge_runtime.anomaly_map import MAP_KINDS, feature_map, fuse_maps, image_score, latent_map, resize_map
 from edge_runtime.calibration import Calibration
 from edge_runtime.knn import KnnMemory, Severity
 from edge_runtime.networks import InspectionNetworks
@@ -130,7 +130,7 @@ class InspectionPipeline:
         raw = self.raw_maps(image, calibration.bins, timer, kinds=used)
         with timer.stage("fuse"):
             combined = self.anomaly_map(raw, calibration)
-            score = float(combined.max())
+            score = image_score(combined, self.settings.score_top_fraction)
             regions = defect_regions(combined, calibration.pixel_threshold)
         timer.milliseconds["total"] = (time.perf_counter() - start) * 1000.0
         return InspectionResult(

@@ -42,5 +42,9 @@ class InspectionSettings(StrictModel):
     use_adapted_backbone: bool = Field(False, description="compare features with the domain-adapted backbone")
     map_weights: MapWeights = MapWeights()
     blur_sigma: float = Field(4.0, ge=0.0)
+    # Bundles and runs made before this setting scored by the maximum (0); they keep doing so (manifest schema 4).
+    score_top_fraction: float = Field(
+        0.01, ge=0.0, lt=1.0, description="image score = mean of this share of the map's highest pixels; 0 = max"
+    )
     severity_bins: int = Field(10, ge=2, le=100)
     noise_seed: int = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_runtime.anomaly_map import MapStats
+from edge_runtime.anomaly_map import MapStats, image_scores
 from edge_runtime.calibration import Calibration
 from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.severity import SeverityBins
@@ -37,12 +37,15 @@ def fit_calibration(
     if fixed_weights is None and config.choose_map_weights and sum(w > 0 for w in weights.values()) > 1:
         defective, masks = make_synthetic_defects(images, seed)
         synthetic = [pipeline.raw_maps(image, bins) for image in progress(defective, "calibration: synthetic maps")]
-        weights, _ = choose_map_weights(raws, synthetic, masks, stats, weights, pipeline.settings.blur_sigma, seed)
+        settings = pipeline.settings
+        weights, _ = choose_map_weights(
+            raws, synthetic, masks, stats, weights, settings.blur_sigma, settings.score_top_fraction, seed
+        )
     provisional = Calibration(
         bins=bins, map_stats=stats, image_threshold=np.inf, pixel_threshold=np.inf, map_weights=weights
     )
     combined = np.stack([pipeline.anomaly_map(raw, provisional) for raw in raws])
-    scores = combined.reshape(len(combined), -1).max(axis=1)
+    scores = image_scores(combined, pipeline.settings.score_top_fraction)
     return Calibration(
         bins=bins,
         map_stats=stats,

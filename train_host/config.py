@@ -33,8 +33,9 @@ class DataConfig(StrictModel):
 
 
 class BackboneConfig(StrictModel):
-    # Stride 8 and both stride-16 stages: texture detail and part-level context in one patch vector.
-    knn_stages: list[int] = Field([2, 3, 4], min_length=1, description="stages feeding the KNN memory")
+    # Stride 8, both stride-16 stages and the first stride-32 stage: texture detail and part-level context in one
+    # patch vector. The stride-32 stage lifted the memory's image AUROC on both example sets (docs/RESULTS.md).
+    knn_stages: list[int] = Field([2, 3, 4, 5], min_length=1, description="stages feeding the KNN memory")
     map_stages: list[int] = Field([1, 2, 4], min_length=1, description="stages compared input vs healed")
     reflect_border: int = Field(
         32,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_runtime.anomaly_map import MapStats, fuse_maps
+from edge_runtime.anomaly_map import MapStats, fuse_maps, image_scores
 from edge_runtime.results import RawMaps
 from train_host import metrics
 
@@ -37,12 +37,13 @@ def fusion_quality(
     stats: dict[str, MapStats],
     weights: dict[str, float],
     blur_sigma: float,
+    top_fraction: float,
     pixels: np.ndarray,
 ) -> float:
     """Image AUROC (good against synthetic) plus pixel AUROC on the synthetic masks, at sampled pixels."""
     fused_good = np.stack([fuse_maps(raw.maps, stats, weights, blur_sigma) for raw in good])
     fused_defective = np.stack([fuse_maps(raw.maps, stats, weights, blur_sigma) for raw in defective])
-    scores = np.concatenate([fused.reshape(len(fused), -1).max(1) for fused in (fused_good, fused_defective)])
+    scores = np.concatenate([image_scores(fused, top_fraction) for fused in (fused_good, fused_defective)])
     labels = np.concatenate([np.zeros(len(good), bool), np.ones(len(defective), bool)])
     flat_maps, flat_masks = fused_defective.reshape(-1)[pixels], masks.reshape(-1)[pixels]
     pixel = metrics.auroc(flat_maps, flat_masks) if 0 < flat_masks.sum() < len(flat_masks) else 0.5
@@ -56,6 +57,7 @@ def choose_map_weights(
     stats: dict[str, MapStats],
     configured: dict[str, float],
     blur_sigma: float,
+    top_fraction: float,
     seed: int,
 ) -> tuple[dict[str, float], float]:
     """The candidate that best separates synthetic defects from good parts; the configured weights win ties.
@@ -64,7 +66,7 @@ def choose_map_weights(
     pixels = rng.choice(masks.size, min(PIXEL_SAMPLE, masks.size), replace=False)
     best, best_quality = dict(configured), -np.inf
     for weights in candidate_weights(configured):
-        quality = fusion_quality(good, defective, masks, stats, weights, blur_sigma, pixels)
+        quality = fusion_quality(good, defective, masks, stats, weights, blur_sigma, top_fraction, pixels)
         if quality > best_quality + 1e-6:
             best, best_quality = weights, quality
     return best, float(best_quality)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from edge_runtime.calibration import Calibration
 from edge_runtime.knn import KnnMemory
@@ -17,7 +18,7 @@ from edge_runtime.schedule import DiffusionSchedule
 from edge_runtime.settings import InspectionSettings
 from train_host.autoencoder import Autoencoder
 from train_host.backbone import Backbone, knn_backbone, map_backbone
-from train_host.config import ConfigError, TrainConfig, load_config
+from train_host.config import ConfigError, TrainConfig, parse_config
 from train_host.dataset import load_image
 from train_host.torch_networks import TorchNetworks
 from train_host.unet import UNet
@@ -117,13 +118,28 @@ def build_pipeline(run: TrainedRun, settings: InspectionSettings, device: torch.
     return InspectionPipeline(networks, run.memory, settings, schedule_of(run.config))
 
 
+def load_run_config(path: Path) -> TrainConfig:
+    """The config a run was trained with. Runs made before `inspection.score_top_fraction` existed were
+    calibrated on maximum scores, so for them the setting is 0 (the maximum), not today's default."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    inspection = raw.get("inspection") if isinstance(raw, dict) else None
+    if isinstance(inspection, dict) and "score_top_fraction" not in inspection:
+        raw["inspection"] = inspection | {"score_top_fraction": 0.0}
+    return parse_config(raw, str(path))
+
+
 def load_run(root: Path, require_calibration: bool = True) -> TrainedRun:
     paths = RunPaths(root)
     if not paths.config.is_file():
         raise ConfigError(f"{root} is not a training run (no {paths.config.name})")
     if require_calibration and not paths.calibration.is_file():
         raise ConfigError(f"{root} is not a finished training run (no {paths.calibration.name})")
-    config = load_config(paths.config)
+    config = load_run_config(paths.config)
     size = config.data.image_size
     adapted = map_backbone(config.backbone, size)
     if paths.adapted_backbone.is_file():

@@ -15,7 +15,7 @@ from edge_runtime.sampler import ConditionedDDIMSampler
 from train_host.adaptation import adapt_backbone
 from train_host.backbone import knn_backbone, loss_backbone, map_backbone
 from train_host.calibrate import fit_calibration
-from train_host.config import ConfigError, TrainConfig, config_to_yaml, load_config
+from train_host.config import ConfigError, TrainConfig, config_to_yaml
 from train_host.dataset import load_image, split_holdout, spread_subset, train_images
 from train_host.fit_autoencoder import crop_shape, train_autoencoder
 from train_host.fit_denoiser import encode_with_flips, train_denoiser
@@ -24,6 +24,7 @@ from train_host.run_store import (
     RunPaths,
     build_pipeline,
     load_run,
+    load_run_config,
     load_state,
     new_autoencoder,
     new_unet,
@@ -42,7 +43,7 @@ def prepare_run_folder(config: TrainConfig, paths: RunPaths) -> None:
     """Write the config, or check that a resumed run was started with the same one."""
     paths.root.mkdir(parents=True, exist_ok=True)
     if paths.config.is_file():
-        if load_config(paths.config) != config:
+        if load_run_config(paths.config) != config:
             raise ConfigError(f"{paths.root} holds a run with a different config; use a new --out or --fresh")
         return
     paths.config.write_text(config_to_yaml(config))

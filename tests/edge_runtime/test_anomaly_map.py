@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from edge_runtime.anomaly_map import MapStats, cosine_distance_map, feature_map, fuse_maps, latent_map
+from edge_runtime.anomaly_map import (
+    MapStats,
+    cosine_distance_map,
+    feature_map,
+    fuse_maps,
+    image_score,
+    image_scores,
+    latent_map,
+)
 
 
 def test_cosine_distance_is_zero_for_identical_and_two_for_opposite():
@@ -54,3 +62,16 @@ def test_fuse_weights_normalised_maps():
     np.testing.assert_allclose(fused, 0.85 * 1.0 + 0.15 * 1.0)
     with pytest.raises(ValueError, match="at least one map weight"):
         fuse_maps(maps, stats, {"latent": 0.0, "feature": 0.0, "knn": 0.0}, blur_sigma=0)
+
+
+def test_image_score_is_the_mean_of_the_highest_pixels_or_the_maximum() -> None:
+    maps = np.random.default_rng(3).normal(size=(5, 40, 50)).astype(np.float32)
+    by_sorting = np.sort(maps.reshape(5, -1), axis=1)[:, -20:].mean(axis=1)  # 1 % of 2,000 pixels
+    np.testing.assert_allclose(image_scores(maps, 0.01), by_sorting, rtol=1e-6)
+    np.testing.assert_array_equal(image_scores(maps, 0.0), maps.reshape(5, -1).max(axis=1))
+    np.testing.assert_array_equal(image_scores(maps, 1e-5), maps.reshape(5, -1).max(axis=1))  # under one pixel
+    assert image_score(maps[2], 0.01) == pytest.approx(by_sorting[2])
+    # A small bright spot lifts the score above a map that is uniformly a little higher.
+    spot, flat = np.zeros((100, 100), np.float32), np.full((100, 100), 0.5, np.float32)
+    spot[:10, :10] = 3.0
+    assert image_score(spot, 0.01) > image_score(flat, 0.01)

@@ -283,7 +283,7 @@ def test_unknown_schema_version(tmp_path: Path, key: Ed25519PrivateKey, keys: li
     manifest = {**manifest_dict(PAYLOAD), "schema_version": 99, "future_field": True}
     archive = write_archive(tmp_path / "future.tar", key, manifest=encode(manifest))
     message = reject(archive, keys, "unknown_schema")
-    assert "99" in message and "[1, 2, 3]" in message
+    assert "99" in message and "[1, 2, 3, 4]" in message
 
 
 def test_missing_required_field(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
@@ -685,3 +685,17 @@ def test_schema_3_needs_an_orderable_version_and_older_schemas_no_target(
     old_bound = {**manifest_dict(PAYLOAD), "schema_version": 2, "target": {"product": "p", "device_class": "c"}}
     message = reject(write_archive(tmp_path / "old.tar", key, manifest=encode(old_bound)), keys, "malformed_manifest")
     assert "target needs schema_version 3" in message
+
+
+# Schema 4: the image score may be the mean of the map's highest pixels
+
+
+def test_schema_4_scores_by_top_fraction_and_older_schemas_keep_the_maximum(
+    tmp_path: Path, key: Ed25519PrivateKey, keys: list
+) -> None:
+    inspection = {k: v for k, v in InspectionSettings().model_dump(mode="json").items() if k != "score_top_fraction"}
+    for schema, expected in ((3, 0.0), (4, InspectionSettings().score_top_fraction)):
+        raw = {**manifest_dict(PAYLOAD), "schema_version": schema, "model_version": "2.0.0", "inspection": inspection}
+        loaded = verify_bundle(write_archive(tmp_path / f"v{schema}.tar", key, manifest=encode(raw)), keys)
+        assert loaded.manifest.inspection.score_top_fraction == expected
+    assert InspectionSettings().score_top_fraction > 0.0

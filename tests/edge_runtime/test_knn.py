@@ -35,7 +35,8 @@ def test_image_vector_pools_each_stage_to_16x16():
 
 
 def test_local_average_is_the_3x3_mean_with_repeated_edges():
-    stage_map = np.random.default_rng(4).standard_normal((5, 7, 9)).astype(np.float32)
+    # 300 channels: more than OpenCV filters in one call (the stride-32 stage alone has 192).
+    stage_map = np.random.default_rng(4).standard_normal((300, 7, 9)).astype(np.float32)
     padded = np.pad(stage_map, ((0, 0), (1, 1), (1, 1)), mode="edge")
     expected = sum(padded[:, dy : dy + 7, dx : dx + 9] for dy in range(3) for dx in range(3)) / 9.0
     np.testing.assert_allclose(local_average(stage_map), expected, atol=1e-5)
@@ -50,3 +51,13 @@ def test_search_threads_do_not_change_distances():
     one_thread = memory.distances(queries)
     memory.query_threads = 2
     np.testing.assert_array_equal(memory.distances(queries), one_thread)
+
+
+def test_patch_vectors_of_wide_stages_match_channel_by_channel():
+    rng = np.random.default_rng(8)
+    fine, wide = rng.standard_normal((4, 8, 8)).astype(np.float32), rng.standard_normal((200, 2, 2)).astype(np.float32)
+    vectors, grid = patch_vectors([fine, wide])
+    assert grid == (8, 8) and vectors.shape == (64, 204)
+    for channel in (0, 127, 128, 199):  # both sides of OpenCV's channel limit
+        alone, _ = patch_vectors([fine, wide[channel : channel + 1]])
+        np.testing.assert_allclose(vectors[:, 4 + channel], alone[:, 4], atol=1e-6)

@@ -34,6 +34,6 @@ def test_a_map_that_only_adds_noise_is_dropped_and_the_informative_one_kept():
     good = [raw(maps(None)) for _ in range(24)]
     defective = [raw(maps(mask)) for mask in masks]
     stats = {"knn": MapStats((0.0,), (1.0,), 0), "latent": MapStats((0.0,), (1.0,), 0)}
-    weights, quality = choose_map_weights(good, defective, masks, stats, {"latent": 1.0, "knn": 1.0}, 1.0, seed=0)
+    weights, quality = choose_map_weights(good, defective, masks, stats, {"latent": 1.0, "knn": 1.0}, 1.0, 0.0, seed=0)
     assert weights["latent"] == 0.0 and weights["knn"] > 0.0
     assert quality > 1.9  # both AUROCs near 1 once the noise is gone
