@@ -9,7 +9,9 @@ import torch
 from edge_runtime.inspector import Inspector
 from edge_runtime.openvino_networks import NETWORK_NAMES, RuntimeOptions
 from export.builder import graph_specs
-from export.convert import onnx_to_openvino, quantise_int8, to_onnx
+from export.convert import GraphSpec, onnx_to_openvino, quantise_int8, to_onnx
+from train_host.backbone import knn_backbone
+from train_host.config import BackboneConfig
 from train_host.evaluation import evaluate_bundle
 from train_host.run_store import load_run
 
@@ -35,6 +37,20 @@ def test_fp32_openvino_matches_torch_on_fixed_inputs(tiny_run, tmp_path):
             reference = reference.numpy()
             scale = float(np.abs(reference).max()) + 1e-6
             assert np.abs(produced[index] - reference).max() <= 1e-3 * scale, name
+
+
+def test_the_default_knn_backbone_exports_every_stage_faithfully(tmp_path):
+    """The default KNN stages (the stride-32 one included) through ONNX to OpenVINO, against torch."""
+    backbone = knn_backbone(BackboneConfig(), (128, 128))
+    image = np.random.default_rng(2).uniform(-1, 1, (1, 1, 128, 128)).astype(np.float32)
+    spec = GraphSpec(module=backbone, example_inputs=(torch.from_numpy(image),), input_names=("image",))
+    compiled = compile_f32(onnx_to_openvino(to_onnx(spec, tmp_path / "knn_default.onnx")))
+    with torch.inference_mode():
+        expected = [t.numpy() for t in backbone(torch.from_numpy(image))]
+    produced = list(compiled([image]).values())
+    assert [p.shape[1] for p in produced] == [40, 80, 112, 192]
+    for output, reference in zip(produced, expected, strict=True):
+        assert np.abs(output - reference).max() <= 1e-3 * (float(np.abs(reference).max()) + 1e-6)
 
 
 def test_int8_backbone_stays_close_to_torch(tiny_run, tmp_path):
