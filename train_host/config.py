@@ -180,14 +180,18 @@ def parse_config(raw: Any, source: str, overrides: list[str] | None = None) -> T
         raise ConfigError(source, describe_problems(error)) from None
 
 
-def load_config(path: Path, overrides: list[str] | None = None) -> TrainConfig:
+def read_config_file(path: Path) -> Any:
+    """The YAML content of a config file, unvalidated; a missing or unreadable file is a ConfigError."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    return parse_config(raw, str(path), overrides)
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> TrainConfig:
+    return parse_config(read_config_file(path), str(path), overrides)
 
 
 def config_to_yaml(config: TrainConfig) -> str:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from edge_runtime.calibration import Calibration
 from edge_runtime.knn import KnnMemory
@@ -18,7 +17,7 @@ from edge_runtime.schedule import DiffusionSchedule
 from edge_runtime.settings import InspectionSettings
 from train_host.autoencoder import Autoencoder
 from train_host.backbone import Backbone, knn_backbone, map_backbone
-from train_host.config import ConfigError, TrainConfig, parse_config
+from train_host.config import ConfigError, TrainConfig, parse_config, read_config_file
 from train_host.dataset import load_image
 from train_host.torch_networks import TorchNetworks
 from train_host.unet import UNet
@@ -121,12 +120,7 @@ def build_pipeline(run: TrainedRun, settings: InspectionSettings, device: torch.
 def load_run_config(path: Path) -> TrainConfig:
     """The config a run was trained with. Runs made before `inspection.score_top_fraction` existed were
     calibrated on maximum scores, so for them the setting is 0 (the maximum), not today's default."""
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    raw = read_config_file(path)
     inspection = raw.get("inspection") if isinstance(raw, dict) else None
     if isinstance(inspection, dict) and "score_top_fraction" not in inspection:
         raw["inspection"] = inspection | {"score_top_fraction": 0.0}
