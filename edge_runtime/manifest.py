@@ -22,7 +22,7 @@ from edge_runtime.calibration import Calibration
 from edge_runtime.config_errors import describe_problems
 from edge_runtime.preprocess import ColorMode
 from edge_runtime.schedule import DiffusionSchedule
-from edge_runtime.settings import InspectionSettings, StrictModel
+from edge_runtime.settings import InspectionSettings, StrictModel, scored_by_maximum_if_older
 from edge_runtime.severity import SeverityBins
 from edge_runtime.versions import version_problem
 
@@ -246,12 +246,11 @@ class Manifest(_Spec):
     @model_validator(mode="before")
     @classmethod
     def _scored_by_maximum_before_schema_4(cls, raw: Any) -> Any:
-        # The threshold of an older bundle was set on maximum scores; the new default would shift every score.
         if not isinstance(raw, dict) or not isinstance(raw.get("inspection"), dict):
             return raw
         version = raw.get("schema_version", SCHEMA_VERSION)
         if isinstance(version, int) and version < FIRST_TOP_FRACTION_SCHEMA:
-            return raw | {"inspection": {"score_top_fraction": 0.0} | raw["inspection"]}
+            return raw | {"inspection": scored_by_maximum_if_older(raw["inspection"])}
         return raw
 
     @field_validator("schema_version")

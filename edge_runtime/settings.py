@@ -48,3 +48,9 @@ class InspectionSettings(StrictModel):
     )
     severity_bins: int = Field(10, ge=2, le=100)
     noise_seed: int = 0
+
+
+def scored_by_maximum_if_older(raw_inspection: dict) -> dict:
+    """Raw inspection settings written before `score_top_fraction` existed, made to keep scoring by the maximum:
+    their thresholds were set on maximum scores, and today's default would shift every score."""
+    return {"score_top_fraction": 0.0} | raw_inspection

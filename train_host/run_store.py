@@ -14,7 +14,7 @@ from edge_runtime.knn import KnnMemory
 from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.preprocess import channels_of
 from edge_runtime.schedule import DiffusionSchedule
-from edge_runtime.settings import InspectionSettings
+from edge_runtime.settings import InspectionSettings, scored_by_maximum_if_older
 from train_host.autoencoder import Autoencoder
 from train_host.backbone import Backbone, knn_backbone, map_backbone
 from train_host.config import ConfigError, TrainConfig, parse_config, read_config_file
@@ -121,9 +121,8 @@ def load_run_config(path: Path) -> TrainConfig:
     """The config a run was trained with. Runs made before `inspection.score_top_fraction` existed were
     calibrated on maximum scores, so for them the setting is 0 (the maximum), not today's default."""
     raw = read_config_file(path)
-    inspection = raw.get("inspection") if isinstance(raw, dict) else None
-    if isinstance(inspection, dict) and "score_top_fraction" not in inspection:
-        raw["inspection"] = inspection | {"score_top_fraction": 0.0}
+    if isinstance(raw, dict) and isinstance(raw.get("inspection"), dict):
+        raw["inspection"] = scored_by_maximum_if_older(raw["inspection"])
     return parse_config(raw, str(path))
 
 
