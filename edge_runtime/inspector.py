@@ -39,8 +39,8 @@ class Inspector:
         self.slot = slot
         files = {name: slot / spec.xml for name, spec in manifest.networks.items()}
         self.compiled = CompiledNetworks(files, options)
-        self.memory = KnnMemory.load(slot / manifest.memory.folder)
-        self.memory.query_threads = self.compiled.options.search_threads()
+        self.memory = load_memory(slot, manifest)
+        self.memory.use_threads(self.compiled.options.search_threads())
         self.pipeline = self.new_pipeline()
         self.calibration = manifest.calibration.to_calibration()
         self.size = (manifest.input.height, manifest.input.width)
@@ -106,3 +106,17 @@ class InspectorPool:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def load_memory(slot: Path, manifest: Manifest) -> KnnMemory:
+    """The bundle's KNN memory; RuntimeError (a model that cannot run) when it disagrees with its manifest."""
+    folder = slot / manifest.memory.folder
+    try:
+        memory = KnnMemory.load(folder)
+    except (ValueError, KeyError) as error:
+        raise RuntimeError(f"KNN memory in {folder} cannot be read: {error}") from error
+    expected = manifest.memory.coarse_folder
+    if (expected is not None) != (memory.coarse is not None):
+        says = f"coarse_folder {expected!r}" if expected is not None else "no coarse memory"
+        raise RuntimeError(f"the manifest names {says}, but the memory in {folder} does not match")
+    return memory

@@ -1,7 +1,8 @@
 """KNN memory of good-image features, searched with HNSW (hnswlib).
 
 Two variants: `patch` (a PatchCore-style bank of local features: an image severity and a patch distance map)
-and `image` (the paper's one vector per image: a severity only).
+and `image` (the paper's one vector per image: a severity only). A patch memory may carry a coarse memory of its
+own: the stride-32 stage searched on its own grid, its distances joined with the fine map's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 MemoryMode = Literal["patch", "image"]
 IMAGE_POOL_SIZE = 16
+COARSE_FOLDER = "coarse"  # the coarse memory's sub-folder of a memory folder
 
 
 OPENCV_MAX_CHANNELS = 128  # cv2 filters and resizes take at most this many channels per array
@@ -49,11 +51,16 @@ def _resize_channels(stage_map: np.ndarray, size: tuple[int, int], interpolation
     return np.concatenate(resized, axis=2)
 
 
-def patch_vectors(stage_maps: Sequence[np.ndarray]) -> tuple[np.ndarray, tuple[int, int]]:
-    """Stage maps (CxHxW each, finest first) -> (H*W, sum C) patch vectors on the finest grid, and the grid."""
+def patch_vectors(stage_maps: Sequence[np.ndarray], context: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
+    """Stage maps (CxHxW each, finest first) -> (H*W, sum C) patch vectors on the finest grid, and the grid.
+    With `context` each patch is the 3x3 mean around it (a stride-32 cell already sees most of a part: not)."""
     grid = stage_maps[0].shape[1:]
     columns = [
-        _resize_channels(local_average(stage_map.astype(np.float32)), grid, cv2.INTER_LINEAR)
+        _resize_channels(
+            local_average(stage_map.astype(np.float32)) if context else stage_map.astype(np.float32),
+            grid,
+            cv2.INTER_LINEAR,
+        )
         for stage_map in stage_maps
     ]
     vectors = np.concatenate(columns, axis=2).reshape(grid[0] * grid[1], -1)
@@ -70,11 +77,11 @@ def image_vector(stage_maps: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def describe(
-    mode: MemoryMode, stage_maps: Sequence[np.ndarray], projection: np.ndarray | None
+    mode: MemoryMode, stage_maps: Sequence[np.ndarray], projection: np.ndarray | None, context: bool = True
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Memory vectors of one image (patch grid or a single image vector), projected if configured."""
     if mode == "patch":
-        vectors, grid = patch_vectors(stage_maps)
+        vectors, grid = patch_vectors(stage_maps, context)
     else:
         vectors, grid = image_vector(stage_maps), (1, 1)
     if projection is not None:
@@ -101,6 +108,14 @@ def merge_nearest(squared: np.ndarray, extra: np.ndarray | None, neighbours: int
     return np.sort(np.concatenate([squared, extra], axis=1), axis=1)[:, :neighbours]
 
 
+def join_scales(fine_map: np.ndarray, coarse_map: np.ndarray) -> np.ndarray:
+    """The two scales' distances as one map on the fine grid: sqrt(fine^2 + coarse^2), the distance a joint
+    vector of both scales would have if each scale's nearest neighbour were the same patch (a lower bound)."""
+    height, width = fine_map.shape
+    coarse_on_fine = cv2.resize(coarse_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.sqrt(fine_map * fine_map + coarse_on_fine * coarse_on_fine).astype(np.float32)
+
+
 @dataclass
 class KnnMemory:
     mode: MemoryMode
@@ -111,10 +126,32 @@ class KnnMemory:
     # Threads per search (a device setting, not saved): the queries of one image are independent, so in latency
     # mode both cores halve the search; with several frames in flight one each avoids oversubscription.
     query_threads: int = 1
+    # How many of the backbone's stage maps (finest first) this memory describes; the rest belong to `coarse`.
+    stage_count: int | None = None
+    context: bool = True  # 3x3 mean around each patch (see patch_vectors)
+    # The coarser stages searched on their own grid, in a memory of their own: 64 queries at 256 px instead of
+    # widening all 1,024 fine vectors, and the fine map keeps its own nearest neighbours.
+    coarse: KnnMemory | None = None
+
+    def scales(self) -> list[KnnMemory]:
+        """This memory and its coarse one, finest first."""
+        return [self] if self.coarse is None else [self, self.coarse]
+
+    def use_threads(self, threads: int) -> None:
+        for scale in self.scales():
+            scale.query_threads = threads
+
+    def own_maps(self, stage_maps: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+        """The stage maps this memory describes (the first `stage_count`)."""
+        return stage_maps if self.stage_count is None else stage_maps[: self.stage_count]
+
+    def coarse_maps(self, stage_maps: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+        """The stage maps of the coarse memory (those after this memory's own)."""
+        return [] if self.stage_count is None else stage_maps[self.stage_count :]
 
     def describe(self, stage_maps: Sequence[np.ndarray]) -> tuple[np.ndarray, tuple[int, int]]:
         """The vectors stored in (and queried against) this memory for one image."""
-        return describe(self.mode, stage_maps, self.projection)
+        return describe(self.mode, self.own_maps(stage_maps), self.projection, self.context)
 
     def distances(self, vectors: np.ndarray) -> np.ndarray:
         """Mean distance of each vector to its k nearest good vectors (bundle memory and any extra memory)."""
@@ -129,6 +166,10 @@ class KnnMemory:
         if self.mode == "image":
             return Severity(distance=float(distances[0]), patch_map=None)
         patch_map = distances.reshape(grid).astype(np.float32)
+        if self.coarse is not None:
+            coarse = self.coarse.severity(self.coarse_maps(stage_maps))
+            assert coarse.patch_map is not None  # a coarse memory is a patch memory (checked at load)
+            patch_map = join_scales(patch_map, coarse.patch_map)
         return Severity(distance=float(patch_map.max()), patch_map=patch_map)
 
     def save(self, folder: Path) -> None:
@@ -142,8 +183,13 @@ class KnnMemory:
             "count": self.index.get_current_count(),
             "neighbours": self.neighbours,
             "ef": self.index.ef,
+            "stage_count": self.stage_count,
+            "context": self.context,
+            "coarse": COARSE_FOLDER if self.coarse is not None else None,
         }
         (folder / "memory.json").write_text(json.dumps(meta, indent=2))
+        if self.coarse is not None:
+            self.coarse.save(folder / COARSE_FOLDER)
 
     @classmethod
     def load(cls, folder: Path) -> KnnMemory:
@@ -156,7 +202,20 @@ class KnnMemory:
         index.set_ef(int(meta["ef"]))
         projection_path = folder / "projection.npy"
         projection = np.load(projection_path) if projection_path.is_file() else None
-        return cls(mode=meta["mode"], index=index, projection=projection, neighbours=int(meta["neighbours"]))
+        # Memories saved before the coarse scale existed describe every stage map, with the 3x3 context.
+        coarse = cls.load(folder / meta["coarse"]) if meta.get("coarse") else None
+        patch_modes = meta["mode"] == "patch" and (coarse is None or coarse.mode == "patch")
+        if coarse is not None and (not patch_modes or meta.get("stage_count") is None):
+            raise ValueError(f"{meta_path}: a coarse memory needs patch mode on both scales and a stage_count")
+        return cls(
+            mode=meta["mode"],
+            index=index,
+            projection=projection,
+            neighbours=int(meta["neighbours"]),
+            stage_count=meta.get("stage_count"),
+            context=bool(meta.get("context", True)),
+            coarse=coarse,
+        )
 
 
 def build_index(vectors: np.ndarray, ef: int = 32, connections: int = 16, seed: int = 0) -> hnswlib.Index:

@@ -33,10 +33,13 @@ from edge_runtime.versions import version_problem
 #    model_version stays free text and they carry no target, so only devices not bound to a product take them.
 # 4: inspection.score_top_fraction (the image score is the mean of the map's highest pixels). Bundles of versions
 #    1-3 scored by the maximum and still do: the key is 0 for them when absent.
-SCHEMA_VERSION = 4
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3, 4})
+# 5: memory.coarse_folder, a second memory of the coarse stages searched on its own grid. A device that knows only
+#    1-4 would score such a bundle without it and fail its reference images; it now says "unknown schema".
+SCHEMA_VERSION = 5
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3, 4, 5})
 FIRST_BOUND_SCHEMA = 3
 FIRST_TOP_FRACTION_SCHEMA = 4
+FIRST_COARSE_MEMORY_SCHEMA = 5
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
@@ -131,9 +134,11 @@ class NetworkSpec(_Spec):
 
 
 class MemorySpec(_Spec):
-    """The folder holding the KNN memory bank: memory.json, memory.hnsw and optionally projection.npy."""
+    """The folder holding the KNN memory bank: memory.json, memory.hnsw and optionally projection.npy; and the
+    coarse memory's folder (the same files) when it has one (schema 5)."""
 
     folder: RelativePath
+    coarse_folder: RelativePath | None = None
 
     def file(self, name: str) -> str:
         """Bundle path of one file of the memory folder."""
@@ -298,6 +303,10 @@ class Manifest(_Spec):
                 raise ValueError(f"model_version: {problem} (schema {self.schema_version})")
         elif self.target is not None:
             raise ValueError(f"target needs schema_version {FIRST_BOUND_SCHEMA}, not {self.schema_version}")
+        if self.memory.coarse_folder is not None and self.schema_version < FIRST_COARSE_MEMORY_SCHEMA:
+            raise ValueError(
+                f"memory.coarse_folder needs schema_version {FIRST_COARSE_MEMORY_SCHEMA}, not {self.schema_version}"
+            )
         return self
 
     @model_validator(mode="after")
@@ -323,6 +332,8 @@ class Manifest(_Spec):
             paths[f"networks.{name}.weights"] = network.weights
         for file_name in MEMORY_REQUIRED_FILES:
             paths[f"memory.folder/{file_name}"] = self.memory.file(file_name)
+            if self.memory.coarse_folder is not None:
+                paths[f"memory.coarse_folder/{file_name}"] = f"{self.memory.coarse_folder}/{file_name}"
         for index, reference in enumerate(self.references):
             paths[f"references.{index}.file"] = reference.file
         return paths

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from edge_runtime.calibration import Calibration
+from edge_runtime.knn import COARSE_FOLDER
 from edge_runtime.manifest import (
     CalibrationSpec,
     InputSpec,
@@ -186,7 +187,8 @@ def build_bundle(run_dir: Path, out: Path, sign_key: Path, options: ExportOption
     run = load_run(run_dir)
     if options.search_ef is not None:
         # Before anything is measured: the gate, the calibration and the references then see the device's search.
-        run.memory.index.set_ef(options.search_ef)
+        for scale in run.memory.scales():
+            scale.index.set_ef(options.search_ef)
     private_key = load_private_key(sign_key)
     data = run.config.data
     split = json.loads(run.paths.split.read_text())
@@ -223,7 +225,9 @@ def build_bundle(run_dir: Path, out: Path, sign_key: Path, options: ExportOption
             inspection=run.config.inspection,
             calibration=CalibrationSpec.from_calibration(calibration),
             networks=networks,
-            memory=MemorySpec(folder="memory"),
+            memory=MemorySpec(
+                folder="memory", coarse_folder=f"memory/{COARSE_FOLDER}" if run.memory.coarse is not None else None
+            ),
             references=references,
             target=options.target(),
         )

@@ -68,9 +68,10 @@ def without_masks():
 
 TINY_CONFIG = {
     "data": {"image_size": [64, 64], "color": "gray", "holdout_fraction": 0.25},
-    # At 64 px the default stride-32 stage is a 2 x 2 grid that swamps the finer stages: the tiny model then
-    # scores its defects below its goods. The default stages are exported in tests/export/test_builder.py.
-    "backbone": {"knn_stages": [2, 3, 4]},
+    # At 64 px the default stride-32 stage would be a 2 x 2 grid and is left out; a stride-16 stage as the coarse
+    # one (a 4 x 4 grid) keeps the two-scale memory in every test of the tiny model: bundle, device, feedback.
+    # The default stages are exported in tests/export/test_builder.py.
+    "backbone": {"knn_stages": [2, 3], "knn_coarse_stages": [4], "min_coarse_cells": 4},
     "autoencoder": {"iterations": 20, "batch_size": 4, "crop_size": 64},
     "unet": {"iterations": 20, "batch_size": 4, "base_channels": 16},
     "adaptation": {"iterations": 2, "batch_size": 2},

@@ -77,7 +77,7 @@ class Backbone(nn.Module):
 
 def knn_backbone(config: BackboneConfig, image_size: tuple[int, int]) -> Backbone:
     """The frozen backbone whose patch vectors fill the KNN memory."""
-    return Backbone(config.knn_stages, image_size, config.border_for(image_size)).eval()
+    return Backbone(config.all_knn_stages(image_size), image_size, config.border_for(image_size)).eval()
 
 
 def map_backbone(config: BackboneConfig, image_size: tuple[int, int]) -> Backbone:

@@ -14,6 +14,7 @@ from edge_runtime.settings import InspectionSettings, StrictModel
 
 BORDER_MULTIPLE = 32  # the coarsest stride, so every stage map crops back to the image exactly
 BACKBONE_STAGE_COUNT = 7  # EfficientNet-Lite0 has seven block stages, strides 2,4,8,16,16,32,32
+STAGE_STRIDES = (2, 4, 8, 16, 16, 32, 32)
 
 
 class DataConfig(StrictModel):
@@ -33,9 +34,19 @@ class DataConfig(StrictModel):
 
 
 class BackboneConfig(StrictModel):
-    # Stride 8, both stride-16 stages and the first stride-32 stage: texture detail and part-level context in one
-    # patch vector. The stride-32 stage lifted the memory's image AUROC on both example sets (docs/RESULTS.md).
-    knn_stages: list[int] = Field([2, 3, 4, 5], min_length=1, description="stages feeding the KNN memory")
+    # Stride 8 and both stride-16 stages: texture detail in one patch vector on the stride-8 grid.
+    knn_stages: list[int] = Field([2, 3, 4], min_length=1, description="stages feeding the KNN memory")
+    # The first stride-32 stage adds part-level context. Searched on its own grid in a memory of its own it lifted
+    # the memory's image AUROC on both example sets, more than as a wider fine vector and at a fraction of the
+    # search (docs/RESULTS.md).
+    knn_coarse_stages: list[int] = Field(
+        [5],
+        description="stages searched on their own grid, their distances joined with the fine map; [] = none; "
+        "a stage is left out at image sizes that give it fewer than min_coarse_cells cells on the short side",
+    )
+    # A coarse grid narrower than this compares too few cells to tell a defect from the part around it: at 128 px
+    # (4 x 4 cells) and 64 px (2 x 2) the stride-32 stage lowered the memory's image AUROC (docs/RESULTS.md).
+    min_coarse_cells: int = Field(6, ge=1, description="fewest cells on a coarse stage grid's short side")
     map_stages: list[int] = Field([1, 2, 4], min_length=1, description="stages compared input vs healed")
     reflect_border: int = Field(
         32,
@@ -49,13 +60,34 @@ class BackboneConfig(StrictModel):
         below_image = (min(image_size) - 1) // BORDER_MULTIPLE * BORDER_MULTIPLE
         return min(self.reflect_border, below_image)
 
-    @field_validator("knn_stages", "map_stages")
+    @field_validator("knn_stages", "map_stages", "knn_coarse_stages")
     @classmethod
     def _valid_stages(cls, stages: list[int]) -> list[int]:
         bad = [s for s in stages if not 0 <= s < BACKBONE_STAGE_COUNT]
         if bad:
             raise ValueError(f"stages must be in 0..{BACKBONE_STAGE_COUNT - 1}, got {bad}")
         return sorted(set(stages))
+
+    @model_validator(mode="after")
+    def _coarse_after_fine(self) -> BackboneConfig:
+        # The backbone returns its stages finest first: the coarse memory takes the maps after the fine ones.
+        if self.knn_coarse_stages and min(self.knn_coarse_stages) <= max(self.knn_stages):
+            raise ValueError(
+                f"knn_coarse_stages {self.knn_coarse_stages} must all come after knn_stages {self.knn_stages}"
+            )
+        return self
+
+    def coarse_stages_for(self, image_size: tuple[int, int]) -> list[int]:
+        """The coarse stages used at this image size: those with at least min_coarse_cells on the short side."""
+        return [s for s in self.knn_coarse_stages if min(image_size) // STAGE_STRIDES[s] >= self.min_coarse_cells]
+
+    def all_knn_stages(self, image_size: tuple[int, int]) -> list[int]:
+        """Every stage the KNN backbone returns at this image size: the fine ones, then the coarse ones."""
+        return self.knn_stages + self.coarse_stages_for(image_size)
+
+    def fine_stage_count(self, image_size: tuple[int, int]) -> int | None:
+        """How many of the KNN backbone's maps the fine memory takes; None when there is no coarse memory."""
+        return len(self.knn_stages) if self.coarse_stages_for(image_size) else None
 
 
 class AutoencoderConfig(StrictModel):
@@ -107,6 +139,8 @@ class MemoryConfig(StrictModel):
     # 0.866 full width on magnetic_tile, docs/RESULTS.md); the projection now only speeds up coreset selection.
     projection_dim: int | None = Field(None, ge=8, description="random projection of stored vectors; null = full")
     selection_dim: int | None = Field(128, ge=8, description="random projection used only to pick the coreset")
+    # A stride-32 grid has 1/16 of the stride-8 patches: 40,000 at 256 px from 640 images, kept to about a tenth.
+    coarse_coreset_size: int = Field(4000, ge=1, description="vectors kept in the coarse memory")
     neighbours: int | None = Field(None, ge=1, description="k; default 1 for patch, 20 for image (paper)")
     # Search breadth: 16 measured within 0.001 image AUROC of 32 on both example sets at 0.6x the search time
     # (docs/BENCHMARKS.md); the build keeps ef_construction >= 100 either way.

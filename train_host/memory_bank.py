@@ -60,19 +60,40 @@ def greedy_coreset(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def build_memory(
-    backbone: Backbone, images: np.ndarray, config: MemoryConfig, device: torch.device, seed: int
+    backbone: Backbone,
+    images: np.ndarray,
+    config: MemoryConfig,
+    device: torch.device,
+    seed: int,
+    fine_stage_count: int | None = None,
 ) -> KnnMemory:
+    """The memory of the backbone's stage maps; with `fine_stage_count` (patch mode only) the maps after the first
+    `fine_stage_count` fill a coarse memory of their own, searched on their own grid."""
+    coarse = config.mode == "patch" and fine_stage_count is not None
+    fine_vectors, coarse_vectors = [], []
+    for maps in stage_maps_of(backbone, images, device):
+        fine_vectors.append(describe(config.mode, maps[:fine_stage_count] if coarse else maps, None)[0])
+        if coarse:
+            coarse_vectors.append(describe("patch", maps[fine_stage_count:], None, context=False)[0])
+    memory = _memory_of(np.concatenate(fine_vectors), config, config.coreset_size, seed)
+    if coarse:
+        memory.stage_count = fine_stage_count
+        memory.coarse = _memory_of(np.concatenate(coarse_vectors), config, config.coarse_coreset_size, seed)
+        memory.coarse.context = False
+    return memory
+
+
+def _memory_of(vectors: np.ndarray, config: MemoryConfig, coreset_size: int, seed: int) -> KnnMemory:
+    """One scale's memory: sampled pool, optional projection, greedy coreset (patch mode), HNSW index."""
     rng = np.random.default_rng(seed)
-    per_image = [describe(config.mode, maps, None)[0] for maps in stage_maps_of(backbone, images, device)]
-    projection = random_projection(per_image[0].shape[1], config.projection_dim, seed)
-    vectors = np.concatenate(per_image)
+    projection = random_projection(vectors.shape[1], config.projection_dim, seed)
     if config.mode == "patch" and len(vectors) > config.coreset_pool:
         vectors = vectors[rng.choice(len(vectors), config.coreset_pool, replace=False)]
     if projection is not None:
         vectors = vectors @ projection
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if config.mode == "patch":
-        picked = greedy_coreset(selection_space(vectors, config.selection_dim, seed), config.coreset_size, seed)
+        picked = greedy_coreset(selection_space(vectors, config.selection_dim, seed), coreset_size, seed)
         vectors = vectors[picked]
     index = build_index(vectors, ef=max(config.ef, config.k), connections=config.connections, seed=seed)
     return KnnMemory(mode=config.mode, index=index, projection=projection, neighbours=config.k)

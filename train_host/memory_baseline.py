@@ -57,7 +57,9 @@ def evaluate_memory_only(config: TrainConfig, tag: str = "memory_only") -> Evalu
     def load(paths: list) -> np.ndarray:
         return np.stack([load_image(path, data.image_size, data.color) for path in paths])
 
-    memory = build_memory(backbone, load(fit_paths), config.memory, device, config.seed)
+    memory = build_memory(
+        backbone, load(fit_paths), config.memory, device, config.seed, config.backbone.fine_stage_count(data.image_size)
+    )
     networks = BackboneOnlyNetworks(backbone, device)
     pipeline = InspectionPipeline(networks, memory, config.inspection, schedule_of(config))
     holdout = load(holdout_paths)

@@ -119,11 +119,20 @@ def build_pipeline(run: TrainedRun, settings: InspectionSettings, device: torch.
 
 def load_run_config(path: Path) -> TrainConfig:
     """The config a run was trained with. Runs made before `inspection.score_top_fraction` existed were
-    calibrated on maximum scores, so for them the setting is 0 (the maximum), not today's default."""
+    calibrated on maximum scores, so for them the setting is 0 (the maximum), not today's default; runs made before
+    `backbone.knn_coarse_stages` existed have none."""
     raw = read_config_file(path)
     if isinstance(raw, dict) and isinstance(raw.get("inspection"), dict):
         raw["inspection"] = scored_by_maximum_if_older(raw["inspection"])
+    if isinstance(raw, dict) and isinstance(raw.get("backbone"), dict):
+        raw["backbone"] = one_memory_if_older(raw["backbone"])
     return parse_config(raw, str(path))
+
+
+def one_memory_if_older(raw_backbone: dict) -> dict:
+    """Raw backbone settings written before `knn_coarse_stages` existed: their memory is one scale of all
+    `knn_stages`, so they have no coarse stages, not today's default."""
+    return {"knn_coarse_stages": []} | raw_backbone
 
 
 def load_run(root: Path, require_calibration: bool = True) -> TrainedRun:

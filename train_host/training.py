@@ -120,7 +120,9 @@ def train(config: TrainConfig, out: Path) -> RunPaths:
 
     def fit_memory() -> None:
         frozen = knn_backbone(config.backbone, size).to(device)
-        build_memory(frozen, images, config.memory, device, config.seed).save(paths.memory)
+        build_memory(frozen, images, config.memory, device, config.seed, config.backbone.fine_stage_count(size)).save(
+            paths.memory
+        )
 
     log.run("memory", (paths.memory / "memory.json").is_file(), fit_memory)
 

@@ -59,6 +59,10 @@ class PatchSource(Protocol):
 
     def vectors(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def learn_coarse(self, feedback_id: str, part_id: str, frame: np.ndarray, limit: int) -> int: ...
+
+    def forget_coarse(self, feedback_id: str) -> int: ...
+
     def save(self) -> None: ...
 
 
@@ -146,6 +150,7 @@ class FeedbackDesk:
             patches = self.source()
             try:
                 removed = patches.overlay.remove(request.feedback_id)
+                patches.forget_coarse(request.feedback_id)
             except OverlayError as error:
                 outcome = self._outcome("undo", request.feedback_id, None, None, "refused", request.request_id)
                 outcome = _with(outcome, ok=False, error=str(error))
@@ -198,6 +203,8 @@ class FeedbackDesk:
             )
         if len(chosen):
             overlay.add(base.feedback_id, part.part_id, chosen)
+            # The coarse memory must learn the part too, or its distances alone would keep it a defect.
+            patches.learn_coarse(base.feedback_id, part.part_id, part.frame, limit)
             patches.save()
         learned = _with(base, ok=True, outcome="learned", vectors_offered=len(vectors), vectors_added=len(chosen))
         return self._with_overlay(_with(learned, capped_by=capped_by), overlay)

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_runtime.inspector import Inspector
+from edge_runtime.knn import COARSE_FOLDER
 from edge_runtime.overlay_memory import ModelIdentity, OverlayError, OverlayMemory, clear_saved
 from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.service.commands import CommandError
-from edge_runtime.service.feedback import FeedbackDesk, FeedbackOutcome
+from edge_runtime.service.feedback import FeedbackDesk, FeedbackOutcome, novel_vectors
 from edge_runtime.service.feedback_audit import AuditLog, AuditRecord, outcome_counts
 from edge_runtime.service.kept_parts import FOLDER as KEPT_FOLDER
 from edge_runtime.service.kept_parts import KeepLimits, KeptParts
@@ -39,29 +40,61 @@ _PRUNE_EVERY_S = 60.0
 
 
 class ModelPatches:
-    """The running model's side of feedback: its memory vectors of a frame, and its overlay."""
+    """The running model's side of feedback: its memory vectors of a frame, and its overlays (one for the fine
+    memory, one for the coarse memory when the model has one)."""
 
-    def __init__(self, inspector: Inspector, overlay: OverlayMemory, folder: Path) -> None:
+    def __init__(
+        self, inspector: Inspector, overlay: OverlayMemory, folder: Path, coarse_overlay: OverlayMemory | None = None
+    ) -> None:
         self.inspector = inspector
         self.overlay = overlay
+        self.coarse_overlay = coarse_overlay
         self.folder = folder
         self._pipeline: InspectionPipeline | None = None  # own infer requests: commands run beside the frame loop
         inspector.memory.extra = overlay
+        if inspector.memory.coarse is not None:
+            inspector.memory.coarse.extra = coarse_overlay
+
+    def _stage_maps(self, frame: np.ndarray) -> list[np.ndarray]:
+        if self._pipeline is None:
+            self._pipeline = self.inspector.new_pipeline()
+        return self._pipeline.networks.knn_features(self.inspector.prepare(frame))
 
     def vectors(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The part's memory vectors and each one's distance to the memory (bundle and overlay) now."""
-        if self._pipeline is None:
-            self._pipeline = self.inspector.new_pipeline()
         memory = self.inspector.memory
-        vectors, _ = memory.describe(self._pipeline.networks.knn_features(self.inspector.prepare(frame)))
+        vectors, _ = memory.describe(self._stage_maps(frame))
         return vectors, memory.distances(vectors)
+
+    def learn_coarse(self, feedback_id: str, part_id: str, frame: np.ndarray, limit: int) -> int:
+        """Teach the coarse overlay the part's coarse vectors the coarse memory knows least; how many were added."""
+        coarse, overlay = self.inspector.memory.coarse, self.coarse_overlay
+        if coarse is None or overlay is None:
+            return 0
+        vectors, _ = coarse.describe(self.inspector.memory.coarse_maps(self._stage_maps(frame)))
+        chosen = novel_vectors(vectors, coarse.distances(vectors), min(limit, overlay.room()))
+        if len(chosen):
+            overlay.add(feedback_id, part_id, chosen)
+        return len(chosen)
+
+    def forget_coarse(self, feedback_id: str) -> int:
+        """Undo a feedback in the coarse overlay; how many vectors it removed (0 when it added none there)."""
+        entry = self.coarse_overlay.entry(feedback_id) if self.coarse_overlay is not None else None
+        if entry is None or entry.deleted:
+            return 0
+        return len(self.coarse_overlay.remove(feedback_id).labels)
 
     def save(self) -> None:
         self.overlay.save(self.folder)
+        if self.coarse_overlay is not None:
+            self.coarse_overlay.save(self.folder / COARSE_FOLDER)
 
     def detach(self) -> None:
         if self.inspector.memory.extra is self.overlay:
             self.inspector.memory.extra = None
+        coarse = self.inspector.memory.coarse
+        if coarse is not None and coarse.extra is self.coarse_overlay:
+            coarse.extra = None
 
 
 def _refuse_all(body: dict[str, Any]) -> dict[str, Any]:
@@ -126,11 +159,18 @@ class Learning:
     # --- the overlay follows the running model ---------------------------------------------------------
 
     def _bind(self, inspector: Inspector) -> ModelPatches:
-        """The saved overlay when it belongs to this very model; otherwise a cleared, empty one."""
+        """The saved overlays when they belong to this very model; otherwise cleared, empty ones."""
         folder = self.folder / OVERLAY_FOLDER
         identity = ModelIdentity.of(inspector.manifest)
+        memory = inspector.memory
+        overlay = self._saved_or_new(folder, identity, memory.index.dim)
+        coarse_overlay = None
+        if memory.coarse is not None:
+            coarse_overlay = self._saved_or_new(folder / COARSE_FOLDER, identity, memory.coarse.index.dim)
+        return ModelPatches(inspector, overlay, folder, coarse_overlay)
+
+    def _saved_or_new(self, folder: Path, identity: ModelIdentity, dim: int) -> OverlayMemory:
         capacity = self.service.config.feedback.max_overlay_vectors
-        dim = inspector.memory.index.dim
         try:
             saved = OverlayMemory.load(folder, capacity)
         except OverlayError as error:
@@ -139,11 +179,11 @@ class Learning:
             saved = None
         if saved is not None and saved.model == identity and saved.dim == dim:
             log.info("feedback overlay: %d vectors for model %s", saved.live_count(), identity.model_version)
-            return ModelPatches(inspector, saved, folder)
+            return saved
         if saved is not None:
             self._cleared(saved.model, identity, "model_changed", saved.live_count(), None)
         clear_saved(folder)
-        return ModelPatches(inspector, OverlayMemory(identity, dim, capacity), folder)
+        return OverlayMemory(identity, dim, capacity)
 
     def _cleared(
         self, old: ModelIdentity | None, new: ModelIdentity, reason: str, vectors: int, detail: str | None

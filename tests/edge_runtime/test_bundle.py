@@ -283,7 +283,7 @@ def test_unknown_schema_version(tmp_path: Path, key: Ed25519PrivateKey, keys: li
     manifest = {**manifest_dict(PAYLOAD), "schema_version": 99, "future_field": True}
     archive = write_archive(tmp_path / "future.tar", key, manifest=encode(manifest))
     message = reject(archive, keys, "unknown_schema")
-    assert "99" in message and "[1, 2, 3, 4]" in message
+    assert "99" in message and "[1, 2, 3, 4, 5]" in message
 
 
 def test_missing_required_field(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
@@ -699,3 +699,21 @@ def test_schema_4_scores_by_top_fraction_and_older_schemas_keep_the_maximum(
         loaded = verify_bundle(write_archive(tmp_path / f"v{schema}.tar", key, manifest=encode(raw)), keys)
         assert loaded.manifest.inspection.score_top_fraction == expected
     assert InspectionSettings().score_top_fraction > 0.0
+
+
+# Schema 5: a coarse memory beside the fine one
+
+
+def test_schema_5_lists_the_coarse_memory_and_older_schemas_cannot_carry_one(
+    tmp_path: Path, key: Ed25519PrivateKey, keys: list
+) -> None:
+    payload = {**PAYLOAD, "memory/coarse/memory.json": b'{"size": 2}', "memory/coarse/memory.hnsw": b"coarse"}
+    memory = {"folder": "memory", "coarse_folder": "memory/coarse"}
+    raw = {**manifest_dict(payload), "schema_version": 5, "model_version": "2.0.0", "memory": memory}
+    loaded = verify_bundle(write_archive(tmp_path / "v5.tar", key, payload=payload, manifest=encode(raw)), keys)
+    assert loaded.manifest.memory.coarse_folder == "memory/coarse"
+    assert loaded.manifest.referenced_paths()["memory.coarse_folder/memory.hnsw"] == "memory/coarse/memory.hnsw"
+    old = {**raw, "schema_version": 4}
+    assert "memory.coarse_folder needs schema_version 5" in str(parse_error(old))
+    unlisted = {**raw, "files": {k: v for k, v in raw["files"].items() if not k.startswith("memory/coarse/")}}
+    assert "memory/coarse/memory.json" in str(parse_error(unlisted))

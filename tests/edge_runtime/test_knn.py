@@ -1,6 +1,8 @@
+import json
+
 import numpy as np
 
-from edge_runtime.knn import KnnMemory, build_index, image_vector, local_average, patch_vectors
+from edge_runtime.knn import KnnMemory, build_index, image_vector, join_scales, local_average, patch_vectors
 
 
 def test_hnsw_finds_true_nearest_neighbours():
@@ -61,3 +63,49 @@ def test_patch_vectors_of_wide_stages_match_channel_by_channel():
     for channel in (0, 127, 128, 199):  # both sides of OpenCV's channel limit
         alone, _ = patch_vectors([fine, wide[channel : channel + 1]])
         np.testing.assert_allclose(vectors[:, 4 + channel], alone[:, 4], atol=1e-6)
+
+
+def two_scale_memory(rng: np.random.Generator, fine_stages: list, coarse_stages: list) -> KnnMemory:
+    """A memory of one image at two scales: the fine stages on their grid, the coarse one on its own."""
+    fine_vectors, _ = patch_vectors(fine_stages)
+    coarse_vectors, _ = patch_vectors(coarse_stages, context=False)
+    coarse = KnnMemory("patch", build_index(coarse_vectors), None, 1, context=False)
+    return KnnMemory("patch", build_index(fine_vectors), None, 1, stage_count=len(fine_stages), coarse=coarse)
+
+
+def test_two_scales_are_searched_apart_and_joined_on_the_fine_grid(tmp_path):
+    rng = np.random.default_rng(11)
+    fine = [rng.standard_normal((6, 8, 8)).astype(np.float32)]
+    coarse = [rng.standard_normal((10, 2, 2)).astype(np.float32)]
+    memory = two_scale_memory(rng, fine, coarse)
+    np.testing.assert_allclose(memory.severity(fine + coarse).patch_map, 0.0, atol=1e-3)
+    # Only the coarse stage changes: the fine map alone would see nothing, the joined map sees it everywhere.
+    changed = memory.severity(fine + [coarse[0] + 1.0])
+    assert changed.patch_map.shape == (8, 8) and changed.patch_map.min() > 1.0
+    expected = join_scales(np.zeros((8, 8), np.float32), np.full((2, 2), np.sqrt(10.0), np.float32))
+    np.testing.assert_allclose(changed.patch_map, expected, rtol=1e-3)
+    memory.save(tmp_path)
+    loaded = KnnMemory.load(tmp_path)
+    assert loaded.coarse is not None and loaded.coarse.context is False and loaded.stage_count == 1
+    assert loaded.severity(fine + [coarse[0] + 1.0]).distance == changed.distance
+    loaded.use_threads(2)
+    assert [scale.query_threads for scale in loaded.scales()] == [2, 2]
+
+
+def test_join_scales_is_the_root_of_the_summed_squares():
+    fine = np.array([[3.0, 0.0], [0.0, 1.0]], np.float32)
+    coarse = np.full((1, 1), 4.0, np.float32)
+    np.testing.assert_allclose(join_scales(fine, coarse), [[5.0, 4.0], [4.0, np.sqrt(17.0)]], rtol=1e-6)
+
+
+def test_a_memory_saved_before_the_coarse_scale_loads_as_one_scale(tmp_path):
+    rng = np.random.default_rng(12)
+    stages = [rng.standard_normal((6, 8, 8)).astype(np.float32)]
+    KnnMemory("patch", build_index(patch_vectors(stages)[0]), None, 1).save(tmp_path)
+    meta = json.loads((tmp_path / "memory.json").read_text())
+    for key in ("stage_count", "context", "coarse"):
+        del meta[key]
+    (tmp_path / "memory.json").write_text(json.dumps(meta))
+    loaded = KnnMemory.load(tmp_path)
+    assert loaded.coarse is None and loaded.stage_count is None and loaded.context is True
+    np.testing.assert_allclose(loaded.severity(stages).patch_map, 0.0, atol=1e-3)

@@ -41,8 +41,8 @@ def test_fp32_openvino_matches_torch_on_fixed_inputs(tiny_run, tmp_path):
 
 def test_the_default_knn_backbone_exports_every_stage_faithfully(tmp_path):
     """The default KNN stages (the stride-32 one included) through ONNX to OpenVINO, against torch."""
-    backbone = knn_backbone(BackboneConfig(), (128, 128))
-    image = np.random.default_rng(2).uniform(-1, 1, (1, 1, 128, 128)).astype(np.float32)
+    backbone = knn_backbone(BackboneConfig(), (192, 192))
+    image = np.random.default_rng(2).uniform(-1, 1, (1, 1, 192, 192)).astype(np.float32)
     spec = GraphSpec(module=backbone, example_inputs=(torch.from_numpy(image),), input_names=("image",))
     compiled = compile_f32(onnx_to_openvino(to_onnx(spec, tmp_path / "knn_default.onnx")))
     with torch.inference_mode():

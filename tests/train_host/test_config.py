@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from train_host.config import ConfigError, load_config, parse_config
+from train_host.config import BackboneConfig, ConfigError, load_config, parse_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,3 +58,12 @@ def test_file_errors(tmp_path):
     listed.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(listed)
+
+
+def test_coarse_stages_follow_the_image_size_and_come_after_the_fine_ones():
+    backbone = BackboneConfig()
+    assert backbone.all_knn_stages((256, 256)) == [2, 3, 4, 5] and backbone.fine_stage_count((256, 256)) == 3
+    assert backbone.all_knn_stages((448, 192)) == [2, 3, 4, 5]  # 6 cells on the short side
+    assert backbone.all_knn_stages((128, 128)) == [2, 3, 4] and backbone.fine_stage_count((128, 128)) is None
+    with pytest.raises(ValueError, match="must all come after knn_stages"):
+        BackboneConfig(knn_stages=[2, 3, 4, 5], knn_coarse_stages=[5])

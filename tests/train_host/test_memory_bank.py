@@ -27,8 +27,12 @@ def test_memory_keeps_full_width_vectors(tiny_run) -> None:
 
     run = load_run(tiny_run)
     assert run.memory.projection is None
-    stage_widths = sum(stage.shape[1] for stage in run.knn_backbone(torch.zeros(1, 1, 64, 64)))
-    assert run.memory.index.dim == stage_widths
+    stage_widths = [stage.shape[1] for stage in run.knn_backbone(torch.zeros(1, 1, 64, 64))]
+    fine_count = run.config.backbone.fine_stage_count((64, 64))
+    assert fine_count is not None and run.memory.coarse is not None  # the tiny config has two scales
+    assert run.memory.index.dim == sum(stage_widths[:fine_count])
+    assert run.memory.coarse.index.dim == sum(stage_widths[fine_count:])
+    assert run.memory.coarse.index.get_current_count() <= run.config.memory.coarse_coreset_size
 
 
 def test_memory_baseline_evaluates_the_knn_map_alone(tiny_config) -> None:

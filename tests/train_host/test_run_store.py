@@ -34,3 +34,13 @@ def test_a_damaged_run_config_names_the_file(tmp_path: Path) -> None:
     path.write_text("data: [unclosed")
     with pytest.raises(ConfigError, match="config.yaml: not valid YAML"):
         load_run_config(path)
+
+
+def test_a_run_stored_before_the_coarse_memory_keeps_one_scale(tmp_path: Path) -> None:
+    stored = yaml.safe_load(config_to_yaml(parse_config(CONFIG, "test")))
+    del stored["backbone"]["knn_coarse_stages"]
+    stored["backbone"]["knn_stages"] = [2, 3, 4, 5]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(stored))
+    backbone = load_run_config(path).backbone
+    assert backbone.knn_coarse_stages == [] and backbone.all_knn_stages((256, 256)) == [2, 3, 4, 5]

@@ -24,10 +24,10 @@ def desk_for(shared_inspector, tmp_path):
 
     def build(**config) -> tuple[FeedbackDesk, RecentParts, ModelPatches, list]:
         settings = FeedbackConfig(**config)
-        overlay = OverlayMemory(
-            ModelIdentity.of(shared_inspector.manifest), shared_inspector.memory.index.dim, settings.max_overlay_vectors
-        )
-        patches = ModelPatches(shared_inspector, overlay, tmp_path / "overlay")
+        identity, memory = ModelIdentity.of(shared_inspector.manifest), shared_inspector.memory
+        overlay = OverlayMemory(identity, memory.index.dim, settings.max_overlay_vectors)
+        coarse = OverlayMemory(identity, memory.coarse.index.dim, settings.max_overlay_vectors)
+        patches = ModelPatches(shared_inspector, overlay, tmp_path / "overlay", coarse)
         made.append(patches)
         recent = RecentParts(settings.recent_parts, settings.window_s)
         events: list = []
@@ -91,6 +91,24 @@ def test_a_good_part_teaches_its_patches_within_the_caps_and_undo_forgets_them(
     ]
     assert lines[0]["note"] == "new batch" and lines[0]["source"] == "mqtt" and lines[0]["vectors"] == 20
     assert len(events) == 6
+
+
+def test_feedback_teaches_the_coarse_memory_too_and_undo_forgets_it(desk_for, recorded_parts, shared_inspector):
+    desk, recent, patches, _ = desk_for(max_vectors_per_feedback=100000, max_overlay_vectors=100000)
+    part = _recent(shared_inspector, recorded_parts[-1], "p")
+    recent.add(part)
+    reply = desk.command_feedback({"part_id": "p", "label": "good", "force": True})
+    assert reply["ok"] and patches.coarse_overlay is not None
+    coarse_vectors = patches.coarse_overlay.live_count()
+    assert coarse_vectors > 0
+    # Both scales now know the part: its joined map, and with it its score, falls to about nothing.
+    assert shared_inspector.inspect(part.frame).score < part.score
+    assert shared_inspector.memory.severity(
+        shared_inspector.pipeline.networks.knn_features(shared_inspector.prepare(part.frame))
+    ).distance == pytest.approx(0.0, abs=1e-2)
+    assert desk.command_undo({"feedback_id": reply["feedback_id"]})["ok"]
+    assert patches.coarse_overlay.live_count() == 0
+    assert shared_inspector.inspect(part.frame).score == pytest.approx(part.score, rel=1e-4)
 
 
 def test_only_recent_parts_can_be_marked_and_bad_requests_name_the_field(desk_for, recorded_parts, shared_inspector):
