@@ -4,7 +4,7 @@ Each candidate mix of network precisions is recalibrated and measured on one gat
 images, synthetic defects made from them (so every set has pixel truth, however few labelled test images it
 has) and, where the set has them, a few labelled test images per type (their masks only where present). A
 candidate is kept only if image AUROC, pixel AUROC and AUPRO each stay within their allowance of all-FP32, and
-the upper confidence bounds of the two AUROC drops as well (`export.gate_bootstrap`): a small gate set must not
+the upper confidence bounds of the two AUROC drops as well (`train_host.paired_bootstrap`): a small gate set must not
 let a drop through by luck.
 """
 
@@ -19,12 +19,12 @@ import numpy as np
 from edge_runtime.calibration import Calibration
 from edge_runtime.openvino_networks import NETWORK_NAMES, OpenVinoNetworks
 from edge_runtime.pipeline import InspectionPipeline
-from export.gate_bootstrap import PerImageCounts, count_per_image, drop_upper_bounds
 from train_host import metrics
 from train_host.calibrate import fit_calibration
 from train_host.config import DataConfig
 from train_host.dataset import list_test_samples, load_test_item
 from train_host.evaluation import pixel_metrics, select_samples
+from train_host.paired_bootstrap import PerImageCounts, count_per_image, drop_upper_bounds
 from train_host.run_store import TrainedRun, schedule_of
 from train_host.synthetic_defects import make_synthetic_defects
 from train_host.torch_setup import progress

@@ -1,8 +1,9 @@
 import numpy as np
+import pytest
 
 from edge_runtime.anomaly_map import MapStats
 from edge_runtime.results import RawMaps
-from train_host.fusion_weights import candidate_weights, choose_map_weights
+from train_host.fusion_weights import candidate_weights, choose_map_weights, fusion_quality
 
 SIZE = (32, 32)
 
@@ -37,3 +38,36 @@ def test_a_map_that_only_adds_noise_is_dropped_and_the_informative_one_kept():
     weights, quality = choose_map_weights(good, defective, masks, stats, {"latent": 1.0, "knn": 1.0}, 1.0, 0.0, seed=0)
     assert weights["latent"] == 0.0 and weights["knn"] > 0.0
     assert quality > 1.9  # both AUROCs near 1 once the noise is gone
+
+
+def test_the_configured_weights_stay_when_no_candidate_is_surely_better():
+    rng = np.random.default_rng(1)
+    masks = np.zeros((30, *SIZE), bool)
+    masks[:, 8:14, 8:14] = True
+
+    def maps(defect: np.ndarray | None) -> dict[str, np.ndarray]:
+        # Two maps that see the defect equally well: any reweighting only reshuffles the noise.
+        out = {kind: rng.normal(0, 1, SIZE).astype(np.float32) for kind in ("knn", "latent")}
+        if defect is not None:
+            for kind in out:
+                out[kind][defect] += 0.6
+        return out
+
+    good = [raw(maps(None)) for _ in range(30)]
+    defective = [raw(maps(mask)) for mask in masks]
+    stats = {"knn": MapStats((0.0,), (1.0,), 0), "latent": MapStats((0.0,), (1.0,), 0)}
+    configured = {"latent": 1.0, "knn": 1.0}
+    qualities = [
+        fusion_quality(good, defective, masks, stats, w, 1.0, 0.0, np.arange(masks.size))
+        for w in candidate_weights(configured)
+    ]
+    assert max(qualities) > qualities[0]  # some candidate scores higher by chance on this set...
+    weights, _ = choose_map_weights(good, defective, masks, stats, configured, 1.0, 0.0, seed=0)
+    assert weights == configured  # ...but not surely, so the configured weights stay
+
+
+def test_defects_and_goods_must_come_in_pairs():
+    good = [raw({"knn": np.zeros(SIZE, np.float32)})] * 3
+    masks = np.ones((2, *SIZE), bool)
+    with pytest.raises(ValueError, match="2 synthetic defects for 3 good images"):
+        choose_map_weights(good, good[:2], masks, {"knn": MapStats((0.0,), (1.0,), 0)}, {"knn": 1.0}, 1.0, 0.0, 0)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from export.gate_bootstrap import PIXEL_BINS, count_per_image, drop_upper_bounds, weighted_auroc
+from train_host.paired_bootstrap import PIXEL_BINS, count_per_image, drop_upper_bounds, weighted_auroc
 
 
 def gate_measurement(seed: int, noise: float, base: np.ndarray | None = None):

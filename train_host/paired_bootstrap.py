@@ -1,10 +1,10 @@
-"""How sure the precision gate can be of a drop: a paired bootstrap over the gate images.
+"""How sure a comparison on a small image set can be: a paired bootstrap over its images.
 
-A drop measured on a gate set of a few dozen images is noisy: a network whose INT8 form reorders the scores of
-a few images can pass the gate by luck and then lose twice the allowance on the full test set. So the gate keeps
-a candidate only when the upper confidence bound of each drop is within its allowance as well. The images are
-resampled, the same draw for the all-FP32 baseline and for the candidate, so a network that barely moves the
-scores gets a narrow bound however small the gate set is; one that reorders them gets a wide one.
+A difference in AUROC measured on a few dozen images is noisy. The precision gate keeps an INT8 network only when
+the upper confidence bound of each drop is within its allowance as well, and the fusion-weight choice leaves the
+configured weights only for a candidate whose gain has a positive lower bound. The images are resampled, the same
+draw for both measurements, so a change that barely moves the scores gets a narrow bound however small the set is;
+one that reorders them gets a wide one.
 
 Written here because the figures are AUROCs over weighted counts, which vectorise over all resamples at once;
 scikit-learn's resampling helpers would recompute every curve one resample at a time.
@@ -87,20 +87,20 @@ def _upper_bound(before: np.ndarray, after: np.ndarray) -> float:
     return float(np.quantile(drops, CONFIDENCE)) if drops.size else float("nan")
 
 
+def resampled_aurocs(counts: PerImageCounts, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Image and pixel AUROC of each resample (a row of `weights`); the pixel one is None without pixel truth."""
+    image = weighted_auroc(weights @ counts.score_defect, weights @ counts.score_good)
+    if counts.pixel_defect is None or counts.pixel_good is None:
+        return image, None
+    return image, weighted_auroc(weights @ counts.pixel_defect, weights @ counts.pixel_good)
+
+
 def drop_upper_bounds(baseline: PerImageCounts, candidate: PerImageCounts, seed: int = 0) -> tuple[float, float | None]:
     """Upper confidence bounds of the (image AUROC, pixel AUROC) drops from baseline to candidate."""
     weights = resample_weights(len(baseline.score_defect), seed)
-
-    def auroc(defect: np.ndarray, good: np.ndarray) -> np.ndarray:
-        return weighted_auroc(weights @ defect, weights @ good)
-
-    image = _upper_bound(
-        auroc(baseline.score_defect, baseline.score_good), auroc(candidate.score_defect, candidate.score_good)
-    )
-    if baseline.pixel_defect is None or candidate.pixel_defect is None:
+    image_before, pixel_before = resampled_aurocs(baseline, weights)
+    image_after, pixel_after = resampled_aurocs(candidate, weights)
+    image = _upper_bound(image_before, image_after)
+    if pixel_before is None or pixel_after is None:
         return image, None
-    assert baseline.pixel_good is not None and candidate.pixel_good is not None
-    pixel = _upper_bound(
-        auroc(baseline.pixel_defect, baseline.pixel_good), auroc(candidate.pixel_defect, candidate.pixel_good)
-    )
-    return image, pixel
+    return image, _upper_bound(pixel_before, pixel_after)
