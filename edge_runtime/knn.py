@@ -53,7 +53,8 @@ def _resize_channels(stage_map: np.ndarray, size: tuple[int, int], interpolation
 
 def patch_vectors(stage_maps: Sequence[np.ndarray], context: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
     """Stage maps (CxHxW each, finest first) -> (H*W, sum C) patch vectors on the finest grid, and the grid.
-    With `context` each patch is the 3x3 mean around it (a stride-32 cell already sees most of a part: not)."""
+    With `context` each patch is the 3x3 mean around it; the coarse memory goes without (a stride-32 cell already
+    sees a wide area; there the mean cost image AUROC, docs/RESULTS.md)."""
     grid = stage_maps[0].shape[1:]
     columns = [
         _resize_channels(

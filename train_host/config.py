@@ -159,7 +159,9 @@ class CalibrationConfig(StrictModel):
     pixel_quantile: float = Field(0.999, gt=0.5, lt=1)
     map_scale_quantile: float = Field(0.99, gt=0.5, lt=1)
     choose_map_weights: bool = Field(
-        True, description="scale the configured map weights to separate synthetic defects from held-out goods best"
+        True,
+        description="scale the configured map weights where that surely separates synthetic defects from held-out "
+        "goods better",
     )
     edge_band_px: int = Field(8, ge=0, description="map statistics per band this wide from the image edge; 0 = one")
 
