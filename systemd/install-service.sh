@@ -75,9 +75,22 @@ copy_code() {
     echo "code in $ROOT$PREFIX/src"
 }
 
+# The venv's python links to the interpreter it was made from; ProtectHome=yes hides /root and /home from the
+# service, so an interpreter there (pyenv, a user's own build) fails every start with status=203/EXEC.
+check_interpreter() {
+    local base
+    base=$("$PYTHON" -c 'import os, sys; print(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))') ||
+        fail "cannot run $PYTHON"
+    case "$base" in
+        /root/* | /home/* | /run/user/*)
+            fail "$PYTHON is $base, which the service cannot see (ProtectHome=yes); use the system's: PYTHON=/usr/bin/python3" ;;
+    esac
+}
+
 # A venv with the device extra only (OpenVINO, hnswlib, paho-mqtt, PyGObject; no torch).
 make_venv() {
     local venv=$ROOT$PREFIX/venv
+    check_interpreter
     "$PYTHON" -m venv --clear "$venv" || fail "cannot create a venv with $PYTHON (Debian: apt install python3-venv)"
     if ! PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install -q --no-cache-dir "$ROOT$PREFIX/src[device]"; then
         echo "PyGObject builds against the system's GStreamer; on Debian/Ubuntu first run:" >&2

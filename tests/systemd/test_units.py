@@ -106,6 +106,7 @@ def test_unit_is_a_hardened_notify_service():
     assert one("ExecStart") == f"{VENV_PYTHON} -m edge_runtime run --config /etc/d3ad-inspector/inspector.yaml"
     assert (one("User"), one("Group"), one("SupplementaryGroups")) == ("d3ad", "d3ad", "video")
     assert one("StateDirectory") == one("CacheDirectory") == one("ConfigurationDirectory") == "d3ad-inspector"
+    assert one("ConfigurationDirectoryMode") == "0750", "as install-service.sh makes it; systemd warns otherwise"
     assert one("LoadCredential") == "mqtt-password:/etc/d3ad-inspector/mqtt-password"
     assert one("ProtectSystem") == "strict"
     assert one("ProtectHome") == one("PrivateTmp") == one("NoNewPrivileges") == "yes"
@@ -152,9 +153,14 @@ def test_site_config_talks_tls_to_the_broker_and_validates_like_any_config():
         assert "mqtt.tls.ca_file: file /etc/d3ad-inspector/ca.pem does not exist" in problems
 
 
-def run_install(*arguments: str) -> subprocess.CompletedProcess:
+def run_install(*arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["bash", str(INSTALL_SCRIPT), *arguments], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
+        ["bash", str(INSTALL_SCRIPT), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -170,6 +176,8 @@ def test_install_script_places_unit_code_and_config_and_keeps_a_sites_config(tmp
     assert config.read_text() == SITE_CONFIG.read_text()
     assert stat.S_IMODE(config.stat().st_mode) == 0o640
     assert stat.S_IMODE(config.parent.stat().st_mode) == 0o750
+    configuration_mode = unit_settings(UNIT.read_text())["Service"]["ConfigurationDirectoryMode"]
+    assert configuration_mode == [f"{stat.S_IMODE(config.parent.stat().st_mode):04o}"], "what systemd expects"
     assert (code / "pyproject.toml").is_file() and (code / "edge_runtime/service/systemd_notify.py").is_file()
     host_packages = ("train_host", "export", "demo_line")
     assert not any((code / name).exists() for name in host_packages), "host code stays off the device"
@@ -183,6 +191,19 @@ def test_install_script_places_unit_code_and_config_and_keeps_a_sites_config(tmp
     assert again.returncode == 0, again.stderr
     assert config.read_text() == "# edited on site\n", "a site's config is never overwritten"
     assert "kept the existing" in again.stdout
+
+
+def test_install_script_refuses_an_interpreter_the_service_cannot_see(tmp_path):
+    """A venv made from a Python below /root or /home (pyenv, say) links to it, and ProtectHome=yes hides it:
+    under a real systemd every start then failed with status=203/EXEC (systemd/README.md, "Under a real systemd")."""
+    fake = tmp_path / "python3"
+    fake.write_text("#!/bin/sh\necho /root/.pyenv/versions/3.11.7/bin/python3.11\n")
+    fake.chmod(0o755)
+    root = tmp_path / "root"
+    result = run_install("--root", str(root), env={"PYTHON": str(fake)})
+    assert result.returncode != 0
+    assert "ProtectHome=yes" in result.stderr and "/root/.pyenv/versions/3.11.7/bin/python3.11" in result.stderr
+    assert not (root / "opt/d3ad-inspector/venv").exists()
 
 
 def test_install_script_refuses_to_run_without_root():
