@@ -250,11 +250,11 @@ class Outbox:
                     self._db.execute("UPDATE refused SET reason = ? WHERE seq = ?", (reason, seq))
             self._rows -= moved
 
-    def refused_rows(self, limit: int) -> list[OutboxRow]:
-        """Rows the broker refused, oldest first."""
+    def refused_rows(self, limit: int, after: int = 0) -> list[OutboxRow]:
+        """Rows the broker refused with a sequence number above `after`, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, part_id, topic, payload FROM refused ORDER BY seq LIMIT ?", (limit,)
+                "SELECT seq, part_id, topic, payload FROM refused WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
             ).fetchall()
         return [OutboxRow(int(s), str(p), str(t), bytes(b)) for s, p, t, b in rows]
 

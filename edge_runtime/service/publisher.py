@@ -23,6 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_runtime.service.mqtt_client import RefusalAwareClient
 from edge_runtime.service.mqtt_topics import AVAILABILITY_QOS, AVAILABILITY_RETAIN, COMMAND_QOS, Topics
 from edge_runtime.service.outbox import Outbox
 from edge_runtime.service.service_config import MqttConfig
@@ -72,8 +73,12 @@ def apply_login(client: mqtt.Client, config: MqttConfig) -> None:
 
 
 class Publisher:
-    """Owns the MQTT connection; paho reconnects with backoff and retransmits unacked QoS 1 messages, so each
-    outbox row is handed to paho once per process and at most `inflight` rows wait for acks at any time.
+    """Owns the MQTT connection; paho reconnects with backoff and retransmits unacked messages, so each outbox
+    row is handed to paho once per process and at most `inflight` rows wait for acks at any time.
+
+    Order through a reconnect: paho resends what was in flight only after the on-connect callback, while a row
+    handed meanwhile would go out at once, ahead of them. So after a reconnect no new row is handed until every
+    row handed on an earlier connection is acknowledged.
 
     Its thread survives any error of the outbox (a full or failing disk): acks it cannot record yet are kept
     and recorded later, and `problem()` tells the health checks what is wrong."""
@@ -95,8 +100,14 @@ class Publisher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._inflight: dict[int, int] = {}  # mid -> outbox seq
+        self._connections = 0  # successful connects so far, counted by the network thread
+        self._connections_seen = 0  # ... as far as the publisher thread has taken them into account
+        self._carried_over: set[int] = set()  # mids handed on an earlier connection and not yet acked
         self._last_handed = 0
-        self._offer_refused = False  # set on each connect: rows the broker refused are offered once more
+        # On each connection the rows the broker refused are offered once more (its ACL may have changed),
+        # oldest first and before new rows; the cursor is the last one offered on this connection.
+        self._offering_refused = False
+        self._refused_cursor = 0
         self._downgrade = False
         self._thread: threading.Thread | None = None
         self.client = self._make_client()
@@ -105,9 +116,9 @@ class Publisher:
         config = self.config
         client_id = f"{self.topics.prefix}-{self.topics.device_id}"
         if self.protocol == mqtt.MQTTv5:
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+            client = RefusalAwareClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         else:  # a kept session holds commands sent while the device is offline
-            client = mqtt.Client(
+            client = RefusalAwareClient(
                 mqtt.CallbackAPIVersion.VERSION2,
                 client_id=client_id,
                 protocol=mqtt.MQTTv311,
@@ -207,7 +218,7 @@ class Publisher:
         log.info("connected to %s:%d (MQTT %s)", self.config.host, self.config.port, _protocol_name(self.protocol))
         client.subscribe(self.topics.commands, COMMAND_QOS)
         client.publish(self.topics.availability, b"online", AVAILABILITY_QOS, AVAILABILITY_RETAIN)
-        self._offer_refused = True
+        self._connections += 1
         self.connected.set()
         self._wake.set()
         self.on_connected()
@@ -260,7 +271,7 @@ class Publisher:
         self._collect_acks()
         self._record_settled()
         if self.connected.is_set():
-            self._offer_refused_rows()
+            self._note_reconnect()
             self._hand_over()
 
     def _report_store_error(self, text: str) -> None:
@@ -276,6 +287,7 @@ class Publisher:
             except queue.Empty:
                 return
             seq = self._inflight.pop(mid, None)
+            self._carried_over.discard(mid)
             if seq is not None:  # acks of status/stats messages have no row
                 self._settled.append((seq, refusal))
 
@@ -292,19 +304,41 @@ class Publisher:
                 self.on_problem(f"the broker refused a result: {refusal}")
             self._settled.pop(0)
 
-    def _offer_refused_rows(self) -> None:
-        """Once per connection (an ACL may have changed since): offer the refused rows again."""
-        if not self._offer_refused:
-            return
-        self._offer_refused = False
-        waiting = set(self._inflight.values())
-        for row in self.outbox.refused_rows(self.config.inflight):
-            if row.seq not in waiting:
-                info = self.client.publish(row.topic, row.payload, self.config.qos)
-                self._inflight[info.mid] = row.seq
+    def _note_reconnect(self) -> None:
+        """On the first turn of a new connection: what is in flight now is what paho resends on it, and the
+        refused rows are to be offered again."""
+        if self._connections_seen != self._connections:
+            self._connections_seen = self._connections
+            self._carried_over = set(self._inflight)
+            self._offering_refused = True
+            self._refused_cursor = 0
 
     def _hand_over(self) -> None:
         room = self.config.inflight - len(self._inflight)
+        if room <= 0 or self._carried_over:  # what paho resends goes first
+            return
+        if self._offering_refused:
+            room -= self._offer_refused_rows(room)
+            if self._offering_refused:  # they are older than any new row
+                return
+        self._offer_new_rows(room)
+
+    def _offer_refused_rows(self, room: int) -> int:
+        """The next refused rows of this connection's pass; returns how many were handed to paho."""
+        rows = self.outbox.refused_rows(room, after=self._refused_cursor)
+        if len(rows) < room:
+            self._offering_refused = False
+        waiting = set(self._inflight.values())  # e.g. one offered on the last connection, resent by paho
+        handed = 0
+        for row in rows:
+            self._refused_cursor = row.seq
+            if row.seq not in waiting:
+                info = self.client.publish(row.topic, row.payload, self.config.qos)
+                self._inflight[info.mid] = row.seq
+                handed += 1
+        return handed
+
+    def _offer_new_rows(self, room: int) -> None:
         if room <= 0:
             return
         for row in self.outbox.after(self._last_handed, room):
@@ -324,6 +358,7 @@ class Publisher:
         if self._inflight:
             self._last_handed = min(self._inflight.values()) - 1
             self._inflight.clear()
+            self._carried_over.clear()
         self.client = self._make_client()
         self._connect()
 

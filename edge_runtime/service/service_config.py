@@ -87,10 +87,15 @@ class MqttConfig(StrictModel):
     password_file: Path | None = Field(None, description="file holding the password (first line)")
     password_credential: str | None = Field(None, description="systemd credential name ($CREDENTIALS_DIRECTORY)")
     keepalive: int = Field(30, ge=5, le=3600)
-    qos: Literal[1, 2] = Field(1, description="QoS of results; 1 or 2 (results must be acknowledged)")
+    # 2: the broker takes each result once even when it is sent again after a lost connection (QoS 1 repeats
+    # what was in flight). 1 stays for brokers or consumers that cannot do 2; consumers then de-duplicate.
+    qos: Literal[1, 2] = Field(2, description="QoS of results: 2 exactly once (the default), 1 at least once")
     reconnect_min_s: int = Field(1, ge=1)
     reconnect_max_s: int = Field(30, ge=1)
-    inflight: int = Field(20, ge=1, le=1000, description="results handed to the client before acks are awaited")
+    # 1 for QoS 2: a kill -9 leaves each unfinished QoS 2 exchange in the broker's session, where it takes up the
+    # broker's receive maximum (mosquitto: 20) until the packet id is used again; with more in flight a
+    # restarted device can find its quota spent.
+    inflight: int = Field(1, ge=1, le=1000, description="results awaiting the broker's ack at once (QoS 2: only 1)")
     protocol: Literal["auto", "5", "3.1.1"] = Field(
         "auto", description="auto: MQTT 5 (refused results are detected), 3.1.1 when the broker lacks 5"
     )
@@ -130,6 +135,11 @@ class MqttConfig(StrictModel):
             raise ValueError("a password needs a username")
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        if self.qos == 2 and self.inflight != 1:
+            raise ValueError("inflight must be 1 with qos 2 (a crash must not leave the broker's quota spent)")
+        if self.qos == 2 and self.session_expiry_s == 0:
+            # Without a kept session the broker forgets a half-finished exchange and takes the resent result anew.
+            raise ValueError("qos 2 needs a kept session (session_expiry_s > 0); use qos 1 with a clean session")
         return self
 
 

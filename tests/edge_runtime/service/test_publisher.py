@@ -34,7 +34,8 @@ def publish(tmp_path):
     started: list[Publisher] = []
 
     def start(port: int, outbox: Outbox, **mqtt) -> Publisher:
-        config = MqttConfig(host="127.0.0.1", port=port, prefix="test", device_id="cam1", reconnect_max_s=1, **mqtt)
+        mqtt = {"reconnect_max_s": 1, **mqtt}
+        config = MqttConfig(host="127.0.0.1", port=port, prefix="test", device_id="cam1", **mqtt)
         publisher = Publisher(config, Topics("test", "cam1"), outbox, lambda topic, payload: None)
         publisher.start()
         started.append(publisher)
@@ -88,9 +89,11 @@ def write_acl(acl: Path, results_allowed: bool) -> None:
     acl.write_text("\n".join(lines + ([f"topic write {RESULT}"] if results_allowed else [])) + "\n")
 
 
-def test_results_the_broker_refuses_are_kept_and_sent_once_allowed(new_broker, listen, publish, tmp_path):
-    # A persistent broker and listener session: the results must reach the listener whichever of the two
-    # clients reconnects first after the restart.
+@pytest.mark.parametrize("qos", [1, 2])
+def test_results_the_broker_refuses_are_kept_and_sent_once_allowed(new_broker, listen, publish, tmp_path, qos):
+    # A persistent broker and listener session. The publisher reconnects after the listener: with an ACL,
+    # mosquitto 2.0 drops what arrives for a session restored from its database before its client is back.
+    # Under QoS 2 the refusal comes in the PUBREC, which paho itself ignores.
     acl = tmp_path / "acl"
     write_acl(acl, results_allowed=False)
     broker = new_broker(persistent=True, extra_config=[f"acl_file {acl}"])
@@ -98,7 +101,8 @@ def test_results_the_broker_refuses_are_kept_and_sent_once_allowed(new_broker, l
     listener = listen(broker.port, "test", persistent=True)
     path = tmp_path / "outbox.sqlite"
     outbox = Outbox(path, max_rows=1000, max_age_s=3600)
-    publisher = publish(broker.port, outbox)
+    slow_reconnect = {"reconnect_min_s": 3, "reconnect_max_s": 3}
+    publisher = publish(broker.port, outbox, qos=qos, inflight=20 if qos == 1 else 1, **slow_reconnect)
     problems: list[str] = []
     publisher.on_problem = problems.append
     for i in range(5):

@@ -26,7 +26,21 @@ def test_shipped_configs_are_valid_apart_from_the_bundle_they_point_at():
 
 def test_defaults_work_with_only_a_bundle(tmp_path):
     config = parse_config({"bundle": {"slot": str(tmp_path)}}, "minimal")
-    assert config.mode.kind == "continuous" and config.mqtt.qos == 1 and config.heatmaps.publish == "defects"
+    assert config.mode.kind == "continuous" and config.mqtt.qos == 2 and config.heatmaps.publish == "defects"
+
+
+def test_results_default_to_qos_2_one_at_a_time_and_qos_1_stays_selectable(tmp_path):
+    bundle = {"slot": str(tmp_path)}
+    mqtt = parse_config({"bundle": bundle}, "minimal").mqtt
+    assert (mqtt.qos, mqtt.inflight) == (2, 1)
+    assert parse_config({"bundle": bundle, "mqtt": {"qos": 1, "inflight": 20}}, "qos 1").mqtt.inflight == 20
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"bundle": bundle, "mqtt": {"qos": 2, "inflight": 20}}, "site.yaml")
+    assert "inflight must be 1 with qos 2" in " | ".join(refused.value.problems)
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"bundle": bundle, "mqtt": {"session_expiry_s": 0}}, "site.yaml")
+    assert "qos 2 needs a kept session" in " | ".join(refused.value.problems)
+    assert parse_config({"bundle": bundle, "mqtt": {"qos": 1, "session_expiry_s": 0}}, "clean").mqtt.qos == 1
 
 
 def test_validate_config_names_every_problem_by_key_path(tmp_path, capsys):
