@@ -71,3 +71,19 @@ def test_defects_and_goods_must_come_in_pairs():
     masks = np.ones((2, *SIZE), bool)
     with pytest.raises(ValueError, match="2 synthetic defects for 3 good images"):
         choose_map_weights(good, good[:2], masks, {"knn": MapStats((0.0,), (1.0,), 0)}, {"knn": 1.0}, 1.0, 0.0, 0)
+
+
+def test_calibration_keeps_the_configured_weights_unless_asked_to_choose(tiny_run):
+    import torch
+
+    from train_host.calibrate import fit_calibration
+    from train_host.config import CalibrationConfig
+    from train_host.run_store import build_pipeline, load_run
+
+    run = load_run(tiny_run)
+    pipeline = build_pipeline(run, run.config.inspection, torch.device("cpu"))
+    images = run.holdout_images()
+    configured = run.config.inspection.map_weights.as_dict()
+    assert fit_calibration(pipeline, images, CalibrationConfig(), 0).map_weights == configured
+    chosen = fit_calibration(pipeline, images, CalibrationConfig(choose_map_weights=True), 0).map_weights
+    assert chosen in candidate_weights(configured)
