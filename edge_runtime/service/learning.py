@@ -163,24 +163,27 @@ class Learning:
         folder = self.folder / OVERLAY_FOLDER
         identity = ModelIdentity.of(inspector.manifest)
         memory = inspector.memory
-        overlay = self._saved_or_new(folder, identity, memory.index.dim)
+        overlay = self._saved_or_new(folder, identity, memory.index.dim, announce=True)
         coarse_overlay = None
         if memory.coarse is not None:
-            coarse_overlay = self._saved_or_new(folder / COARSE_FOLDER, identity, memory.coarse.index.dim)
+            # Cleared with the fine overlay, whose clearing is the one reported (its counts are those in replies).
+            coarse_dim = memory.coarse.index.dim
+            coarse_overlay = self._saved_or_new(folder / COARSE_FOLDER, identity, coarse_dim, announce=False)
         return ModelPatches(inspector, overlay, folder, coarse_overlay)
 
-    def _saved_or_new(self, folder: Path, identity: ModelIdentity, dim: int) -> OverlayMemory:
+    def _saved_or_new(self, folder: Path, identity: ModelIdentity, dim: int, announce: bool) -> OverlayMemory:
         capacity = self.service.config.feedback.max_overlay_vectors
         try:
             saved = OverlayMemory.load(folder, capacity)
         except OverlayError as error:
             log.error("feedback overlay cannot be loaded, starting an empty one: %s", error)
-            self._cleared(None, identity, "unreadable", 0, str(error))
+            if announce:
+                self._cleared(None, identity, "unreadable", 0, str(error))
             saved = None
         if saved is not None and saved.model == identity and saved.dim == dim:
             log.info("feedback overlay: %d vectors for model %s", saved.live_count(), identity.model_version)
             return saved
-        if saved is not None:
+        if saved is not None and announce:
             self._cleared(saved.model, identity, "model_changed", saved.live_count(), None)
         clear_saved(folder)
         return OverlayMemory(identity, dim, capacity)

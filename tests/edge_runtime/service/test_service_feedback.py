@@ -140,6 +140,11 @@ def _recall(play: dict[int, dict]) -> float:
     return float(np.mean([play[i]["verdict"] == "defect" for i in play if i > 0]))
 
 
+# Teaching one good part may move at most one of the conveyor's defects across the threshold (with a little room
+# for the rounding of a fraction of 50).
+ONE_DEFECT = 1.0 / (len(DEFECT_TYPES) * DEFECTS_PER_TYPE) + 1e-9
+
+
 def _reply(listener, command: str, number: int, timeout: float = 20) -> dict:
     listener.wait_for(lambda: len(_replies(listener, command)) >= number, timeout, f"reply {number} to {command}")
     return _replies(listener, command)[number - 1]
@@ -192,7 +197,7 @@ def test_a_flagged_good_part_marked_good_passes_after_a_restart_too_and_undo_bri
     passed = second[0]
     assert passed["verdict"] == "good" and passed["score"] < threshold
     recall_before, recall_after = _recall(first), _recall(second)
-    assert abs(recall_after - recall_before) <= 0.02
+    assert abs(recall_after - recall_before) <= ONE_DEFECT
     assert recall_before == pytest.approx(line["direct_recall"])
     status = listener.payloads("/status")[-1]
     assert status["overlay"]["vectors"] == learned["vectors_added"]
@@ -212,7 +217,7 @@ def test_a_flagged_good_part_marked_good_passes_after_a_restart_too_and_undo_bri
     after_restart = _wait_for_pass(listener, count, 1)
     assert after_restart[0]["verdict"] == "good"
     assert after_restart[0]["score"] == pytest.approx(passed["score"], rel=1e-3, abs=1e-4)
-    assert abs(_recall(after_restart) - recall_before) <= 0.02
+    assert abs(_recall(after_restart) - recall_before) <= ONE_DEFECT
 
     _send(listener, "feedback/undo", {"feedback_id": learned["feedback_id"]})
     undone = _reply(listener, "feedback/undo", 1)
