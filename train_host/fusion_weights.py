@@ -72,11 +72,11 @@ def choose_map_weights(
     Returns (weights, their quality)."""
     rng = np.random.default_rng(seed)
     pixels = rng.choice(masks.size, min(PIXEL_SAMPLE, masks.size), replace=False)
-    sureness = GainCheck(good, defective, masks, stats, blur_sigma, top_fraction, seed)
+    sureness = GainCheck(good, defective, masks, stats, configured, blur_sigma, top_fraction, seed)
     best, best_quality = dict(configured), -np.inf
     for weights in candidate_weights(configured):
         quality = fusion_quality(good, defective, masks, stats, weights, blur_sigma, top_fraction, pixels)
-        if quality > best_quality + 1e-6 and (weights == configured or sureness.surely_better(weights, configured)):
+        if quality > best_quality + 1e-6 and (weights == configured or sureness.surely_better(weights)):
             best, best_quality = weights, quality
     return best, float(best_quality)
 
@@ -94,6 +94,7 @@ class GainCheck:
         defective: Sequence[RawMaps],
         masks: np.ndarray,
         stats: dict[str, MapStats],
+        configured: dict[str, float],
         blur_sigma: float,
         top_fraction: float,
         seed: int,
@@ -105,6 +106,7 @@ class GainCheck:
         self.labels = np.r_[np.zeros(len(good), bool), np.ones(len(defective), bool)]
         self.masks = np.concatenate([np.zeros_like(masks), masks])
         self.resamples = resample_weights(len(good), seed)
+        self.configured_quality = self._quality_per_resample(configured)  # once, not per candidate
 
     def _quality_per_resample(self, weights: dict[str, float]) -> np.ndarray:
         fused = np.stack([fuse_maps(raw.maps, self.stats, weights, self.blur_sigma) for raw in self.good])
@@ -115,8 +117,8 @@ class GainCheck:
         image, pixel = resampled_aurocs(_paired(counts, len(self.good)), self.resamples)
         return image + (pixel if pixel is not None else 0.0)
 
-    def surely_better(self, candidate: dict[str, float], configured: dict[str, float]) -> bool:
-        gains = self._quality_per_resample(candidate) - self._quality_per_resample(configured)
+    def surely_better(self, candidate: dict[str, float]) -> bool:
+        gains = self._quality_per_resample(candidate) - self.configured_quality
         gains = gains[np.isfinite(gains)]
         return bool(gains.size) and float(np.quantile(gains, 1.0 - CONFIDENCE)) > 0.0
 
