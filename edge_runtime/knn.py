@@ -109,6 +109,16 @@ def merge_nearest(squared: np.ndarray, extra: np.ndarray | None, neighbours: int
     return np.sort(np.concatenate([squared, extra], axis=1), axis=1)[:, :neighbours]
 
 
+def split_scales(
+    stage_maps: Sequence[np.ndarray], fine_count: int | None
+) -> tuple[Sequence[np.ndarray], Sequence[np.ndarray]]:
+    """The backbone's stage maps (finest first) as (the fine memory's, the coarse memory's); all are fine when
+    `fine_count` is None."""
+    if fine_count is None:
+        return stage_maps, []
+    return stage_maps[:fine_count], stage_maps[fine_count:]
+
+
 def join_scales(fine_map: np.ndarray, coarse_map: np.ndarray) -> np.ndarray:
     """The two scales' distances as one map on the fine grid: sqrt(fine^2 + coarse^2), the distance a joint
     vector of both scales would have if each scale's nearest neighbour were the same patch (a lower bound)."""
@@ -144,11 +154,11 @@ class KnnMemory:
 
     def own_maps(self, stage_maps: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
         """The stage maps this memory describes (the first `stage_count`)."""
-        return stage_maps if self.stage_count is None else stage_maps[: self.stage_count]
+        return split_scales(stage_maps, self.stage_count)[0]
 
     def coarse_maps(self, stage_maps: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
         """The stage maps of the coarse memory (those after this memory's own)."""
-        return [] if self.stage_count is None else stage_maps[self.stage_count :]
+        return split_scales(stage_maps, self.stage_count)[1]
 
     def describe(self, stage_maps: Sequence[np.ndarray]) -> tuple[np.ndarray, tuple[int, int]]:
         """The vectors stored in (and queried against) this memory for one image."""

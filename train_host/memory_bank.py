@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edge_runtime.knn import KnnMemory, build_index, describe
+from edge_runtime.knn import KnnMemory, build_index, describe, split_scales
 from train_host.backbone import Backbone
 from train_host.config import MemoryConfig
 from train_host.torch_setup import progress
@@ -72,9 +72,10 @@ def build_memory(
     coarse = config.mode == "patch" and fine_stage_count is not None
     fine_vectors, coarse_vectors = [], []
     for maps in stage_maps_of(backbone, images, device):
-        fine_vectors.append(describe(config.mode, maps[:fine_stage_count] if coarse else maps, None)[0])
+        fine_maps, coarse_maps = split_scales(maps, fine_stage_count if coarse else None)
+        fine_vectors.append(describe(config.mode, fine_maps, None)[0])
         if coarse:
-            coarse_vectors.append(describe("patch", maps[fine_stage_count:], None, context=False)[0])
+            coarse_vectors.append(describe("patch", coarse_maps, None, context=False)[0])
     memory = _memory_of(np.concatenate(fine_vectors), config, config.coreset_size, seed)
     if coarse:
         memory.stage_count = fine_stage_count
