@@ -23,6 +23,27 @@ COARSE_FOLDER = "coarse"  # the coarse memory's sub-folder of a memory folder
 
 
 OPENCV_MAX_CHANNELS = 128  # cv2 filters and resizes take at most this many channels per array
+# hnswlib computes L2 in blocks of 16 floats and takes a much slower path for the rest of a width that is not a
+# multiple of 16: the 232-wide fine vectors searched 1.6x faster zero-padded to 240 (docs/BENCHMARKS.md). Zeros
+# added to every vector change no distance.
+SEARCH_WIDTH_MULTIPLE = 16
+
+
+def search_width(width: int) -> int:
+    """The width an index stores vectors of `width` values at: the next multiple of SEARCH_WIDTH_MULTIPLE."""
+    return -(-width // SEARCH_WIDTH_MULTIPLE) * SEARCH_WIDTH_MULTIPLE
+
+
+def pad_to_width(vectors: np.ndarray, width: int) -> np.ndarray:
+    """N x D vectors with zeros appended up to `width` columns (memories saved unpadded keep D = width)."""
+    count, own_width = vectors.shape
+    if own_width == width:
+        return vectors
+    if own_width > width:
+        raise ValueError(f"vectors are {own_width} wide, wider than the memory's {width}")
+    padded = np.zeros((count, width), dtype=np.float32)
+    padded[:, :own_width] = vectors
+    return padded
 
 
 def _channel_groups(stage_map: np.ndarray) -> list[np.ndarray]:
@@ -161,11 +182,13 @@ class KnnMemory:
         return split_scales(stage_maps, self.stage_count)[1]
 
     def describe(self, stage_maps: Sequence[np.ndarray]) -> tuple[np.ndarray, tuple[int, int]]:
-        """The vectors stored in (and queried against) this memory for one image."""
-        return describe(self.mode, self.own_maps(stage_maps), self.projection, self.context)
+        """The vectors stored in (and queried against) this memory for one image, as wide as its index."""
+        vectors, grid = describe(self.mode, self.own_maps(stage_maps), self.projection, self.context)
+        return pad_to_width(vectors, self.index.dim), grid
 
     def distances(self, vectors: np.ndarray) -> np.ndarray:
         """Mean distance of each vector to its k nearest good vectors (bundle memory and any extra memory)."""
+        vectors = pad_to_width(vectors, self.index.dim)
         _, squared = self.index.knn_query(vectors, k=self.neighbours, num_threads=self.query_threads)
         extra = self.extra.nearest_squared(vectors, self.neighbours) if self.extra is not None else None
         squared = merge_nearest(squared, extra, self.neighbours)
@@ -230,10 +253,11 @@ class KnnMemory:
 
 
 def build_index(vectors: np.ndarray, ef: int = 32, connections: int = 16, seed: int = 0) -> hnswlib.Index:
-    """An HNSW index (L2) over the given vectors."""
+    """An HNSW index (L2) over the given vectors, stored zero-padded to `search_width`."""
     count, dim = vectors.shape
-    index = hnswlib.Index(space="l2", dim=dim)
+    width = search_width(dim)
+    index = hnswlib.Index(space="l2", dim=width)
     index.init_index(max_elements=count, ef_construction=max(100, ef), M=connections, random_seed=seed)
-    index.add_items(np.ascontiguousarray(vectors, dtype=np.float32), np.arange(count))
+    index.add_items(np.ascontiguousarray(pad_to_width(vectors, width), dtype=np.float32), np.arange(count))
     index.set_ef(ef)
     return index

@@ -109,3 +109,16 @@ def test_a_memory_saved_before_the_coarse_scale_loads_as_one_scale(tmp_path):
     loaded = KnnMemory.load(tmp_path)
     assert loaded.coarse is None and loaded.stage_count is None and loaded.context is True
     np.testing.assert_allclose(loaded.severity(stages).patch_map, 0.0, atol=1e-3)
+
+
+def test_vectors_are_searched_zero_padded_to_a_multiple_of_16_with_the_same_distances():
+    rng = np.random.default_rng(3)
+    bank = rng.standard_normal((1500, 20)).astype(np.float32)
+    queries = rng.standard_normal((40, 20)).astype(np.float32)
+    memory = KnnMemory("patch", build_index(bank, ef=64), None, neighbours=1)
+    assert memory.index.dim == 32
+    brute = np.sqrt(((queries[:, None, :] - bank[None]) ** 2).sum(-1)).min(axis=1)
+    np.testing.assert_allclose(memory.distances(queries), brute, rtol=1e-4)
+    stages = [bank[:64].T.reshape(20, 8, 8).copy()]
+    vectors, _ = memory.describe(stages)
+    assert vectors.shape == (64, 32) and not vectors[:, 20:].any()

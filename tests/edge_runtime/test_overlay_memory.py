@@ -12,8 +12,8 @@ MODEL = ModelIdentity("1.0.0", "abcdef0123456789")
 
 
 def _memory_and_novel(rng: np.random.Generator) -> tuple[KnnMemory, np.ndarray]:
-    bank = rng.standard_normal((500, 8)).astype(np.float32)
-    novel = (rng.standard_normal((40, 8)) + 6.0).astype(np.float32)  # far from every bank vector
+    bank = rng.standard_normal((500, 16)).astype(np.float32)
+    novel = (rng.standard_normal((40, 16)) + 6.0).astype(np.float32)  # far from every bank vector
     return KnnMemory("patch", build_index(bank, ef=64), None, neighbours=1), novel
 
 
@@ -27,14 +27,14 @@ def test_a_patch_distance_is_the_nearer_of_both_memories_and_undo_restores_it():
     rng = np.random.default_rng(0)
     memory, novel = _memory_and_novel(rng)
     before = _distances(memory, novel)
-    overlay = OverlayMemory(MODEL, dim=8, capacity=10_000)
+    overlay = OverlayMemory(MODEL, dim=16, capacity=10_000)
     memory.extra = overlay
     np.testing.assert_allclose(_distances(memory, novel), before)  # an empty overlay changes nothing
 
     overlay.add("fb-1", "part-1", novel)
     assert overlay.live_count() == 40
     np.testing.assert_allclose(_distances(memory, novel), 0.0, atol=1e-3)
-    bank_query = rng.standard_normal((20, 8)).astype(np.float32)
+    bank_query = rng.standard_normal((20, 16)).astype(np.float32)
     memory.extra = None
     plain = _distances(memory, bank_query)
     memory.extra = overlay
