@@ -4,19 +4,26 @@ device back to the model it replaced.
 A model can load, compile and score its reference images as expected and still fail on the line's real frames
 (a kind of frame its reference images do not cover). While such a model is on probation (it is newer than the
 kept previous model, and was installed less than `probation_s` ago), `max_failures` failed inspections within
-`window_s` seconds roll it back. A model that was rolled back to is never on probation, so the device cannot
-swing back and forth."""
+`window_s` seconds roll it back. A model that ends the whole process instead (a crash inside the runtime, the
+OOM killer, the watchdog) leaves no count in memory: `CrashGuard` keeps its runs on disk (crash_record.py), and
+at the start after `max_crashes` such runs within `crash_window_s` it is rolled back before it is loaded again.
+A model that was rolled back to is never on probation, so the device cannot swing back and forth."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from edge_runtime.service.crash_record import CrashRecord, ProbationRuns, WatchedModel
 from edge_runtime.service.model_store import InstalledModel, ModelState, ModelStore
 from edge_runtime.service.service_config import FallbackConfig
+
+log = logging.getLogger(__name__)
 
 
 class FailureWindow:
@@ -83,3 +90,110 @@ class ModelGuard:
         if state.active is None or self.store.path_of(state.active).resolve() != slot.resolve():
             return False
         return on_probation(state, self.config.probation_s)
+
+
+def wall_clock() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class CrashLoop:
+    """The model on probation ended the service `crashes` times within `window_s` seconds."""
+
+    version: str
+    crashes: int
+    window_s: float
+
+    def detail(self, previous: str) -> str:
+        return (
+            f"model {self.version} ended the service {self.crashes} times within {self.window_s:g} s while on "
+            f"probation; rolled back to {previous}"
+        )
+
+
+class CrashGuard:
+    """Counts, across restarts, the runs of the model on probation that the process did not survive.
+
+    A run is marked on disk when it begins (`starting`, before the model is compiled, or `running` when an update
+    brings a new model) and unmarked when the process ends through its own shutdown (`stopped`: a stop it was
+    asked for, or an error Python caught); a run still marked at the next start ended with the process killed.
+    Nothing is written per frame, and a run is not cleared once its first frames went well: a model could still
+    die on a kind of frame that comes by only now and then, so a run counts until it ends, whatever it inspected.
+
+    The times are the device's wall clock: runs span processes and reboots, and a monotonic clock starts again at
+    every boot, so its readings from before one mean nothing after it. Probation trusts that clock already. A
+    time ahead of now (the clock was set back since) still counts within the window; further ahead it cannot be
+    placed and is dropped, which gives the model another run rather than rolling it back on a guess."""
+
+    def __init__(self, config: FallbackConfig, store: ModelStore, clock: Callable[[], datetime] = wall_clock) -> None:
+        self.config = config
+        self.record = CrashRecord(store.root)
+        self._clock = clock
+        self._runs: ProbationRuns | None = None  # what the file says about the run going on; None: nothing watched
+
+    @property
+    def problem(self) -> str | None:
+        """Why the record on disk was set aside, if it was."""
+        return self.record.problem
+
+    def starting(self, state: ModelState) -> CrashLoop | None:
+        """At start, before the active model is loaded: a CrashLoop when it is on probation and ended the service
+        `max_crashes` times within the window; otherwise this run of it is marked on disk."""
+        earlier = self.record.read()
+        now = self._clock()
+        if not self._watches(state, now):
+            self._forget()
+            return None
+        assert state.active is not None
+        model = WatchedModel.of(state.active)
+        unclean = self._recent_unclean_runs(earlier, model, now)
+        if len(unclean) >= self.config.max_crashes:
+            return CrashLoop(model.version, len(unclean), self.config.crash_window_s)
+        self._write(ProbationRuns(model=model, unclean_runs=unclean).began(now))
+        return None
+
+    def running(self, state: ModelState) -> None:
+        """The active model of `state` now runs (after the start, or adopted from an update or a rollback): its
+        run is marked when it is on probation, and the record goes when it is not."""
+        now = self._clock()
+        if not self._watches(state, now):
+            self._forget()
+            return
+        assert state.active is not None
+        model = WatchedModel.of(state.active)
+        runs = self._runs
+        if runs is not None and runs.model == model and runs.running_since is not None:
+            return  # marked by `starting`
+        earlier = runs.unclean_runs if runs is not None and runs.model == model else []
+        self._write(ProbationRuns(model=model, unclean_runs=earlier).began(now))
+
+    def stopped(self) -> None:
+        """The process ends through its own shutdown: the run going on does not count."""
+        if self._runs is not None and self._runs.running_since is not None:
+            self._write(self._runs.ended_cleanly())
+
+    def _watches(self, state: ModelState, now: datetime) -> bool:
+        return self.config.enabled and on_probation(state, self.config.probation_s, now)
+
+    def _recent_unclean_runs(self, earlier: ProbationRuns | None, model: WatchedModel, now: datetime) -> list[datetime]:
+        """The runs of `model` that the process did not survive and that began within the window; the one the
+        record still marks as running is one of them (its process is gone)."""
+        if earlier is None or earlier.model != model:
+            return []
+        began = earlier.unclean_runs + ([earlier.running_since] if earlier.running_since is not None else [])
+        window = self.config.crash_window_s
+        return [began_at for began_at in began if abs((now - began_at).total_seconds()) < window]
+
+    def _write(self, runs: ProbationRuns) -> None:
+        try:
+            self.record.write(runs)
+        except OSError as error:  # a full or failing disk: runs go uncounted, as before there was a record
+            log.error(
+                "%s cannot be written (%s); runs of %s are not counted", self.record.path, error, runs.model.version
+            )
+            return
+        self._runs = runs
+
+    def _forget(self) -> None:
+        self.record.remove()
+        self._runs = None

@@ -2,7 +2,8 @@
 its slot is damaged, or the configured bundle on first start and whenever the config names a different one.
 
 Damage on the device (a changed byte in a slot, a lost file) is never a reason to stop for good: a slot whose
-intact archive is at hand is extracted again, otherwise the previous model runs. Only when no model at all can
+intact archive is at hand is extracted again, otherwise the previous model runs; so it does when the active model,
+still on probation, kept ending the service (model_guard.CrashGuard). Only when no model at all can
 be loaded does the start fail, with ModelUnavailable, which the command line turns into an exit status systemd
 retries. A configured archive that cannot be verified is a configuration problem and stays a BundleError."""
 
@@ -20,6 +21,7 @@ from edge_runtime.inspector import Inspector
 from edge_runtime.manifest import Manifest
 from edge_runtime.openvino_networks import RuntimeOptions
 from edge_runtime.service.messages import utc_now
+from edge_runtime.service.model_guard import CrashGuard, CrashLoop
 from edge_runtime.service.model_policy import BundleNotAccepted, BundlePolicy
 from edge_runtime.service.model_store import (
     InstalledModel,
@@ -30,6 +32,7 @@ from edge_runtime.service.model_store import (
     UpdateRecord,
     new_model,
 )
+from edge_runtime.service.model_updates import UpdateRefused, switch_record
 from edge_runtime.service.service_config import BundleConfig
 
 log = logging.getLogger(__name__)
@@ -72,19 +75,25 @@ def load_startup_model(
     keys: Sequence[Ed25519PublicKey],
     options: RuntimeOptions,
     policy: BundlePolicy | None = None,
+    crashes: CrashGuard | None = None,
 ) -> StartupModel:
     """The active model on disk; when it no longer loads, the same model extracted again from the configured
     archive if that is its archive, else its predecessor; the configured bundle on first start and whenever
     the config names a different bundle than last time (and when nothing else loads). A newly configured
     bundle must be made for this device (`policy`'s product binding); it may be older than the minimum version,
     which guards cmd/install: the config is the site's own choice, and a start after state.json was set aside
-    must not refuse the archive the device has always run."""
+    must not refuse the archive the device has always run. A model on probation that kept ending the service
+    (`crashes`) is rolled back to its predecessor before it is loaded again."""
     state = _read_state(store)
     if policy is not None:
         policy.start(state)
     identity, archive_sha = configured_identity(bundle)
     if state.configured != identity:
         return _adopt_configured(bundle, store, keys, options, state, identity, archive_sha, policy)
+    problem = None
+    loop = crashes.starting(state) if crashes is not None else None
+    if loop is not None:
+        state, problem = _roll_back_crashing(store, state, loop)
     for model in (state.active, state.previous):
         if model is None:
             continue
@@ -96,10 +105,23 @@ def load_startup_model(
                 return _adopt_configured(bundle, store, keys, options, state, identity, archive_sha)
             continue
         if model is state.active:
-            return StartupModel(inspector, state)
+            return StartupModel(inspector, state, problem)
         return _fell_back(store, state, model, inspector, identity)
     log.error("no installed model loads; the configured bundle is installed again")
     return _adopt_configured(bundle, store, keys, options, state, identity, archive_sha)
+
+
+def _roll_back_crashing(store: ModelStore, state: ModelState, loop: CrashLoop) -> tuple[ModelState, str]:
+    """The rollback the device does on its own when a new model keeps failing, decided here because the failures
+    ended the process: recorded on disk as that one is, before the crashing model is compiled again."""
+    previous = state.previous
+    assert previous is not None  # a model is on probation only while there is one to go back to
+    detail = loop.detail(previous.version)
+    log.error(detail)
+    record = switch_record("rollback", "rolled_back", previous.version, None, UpdateRefused("crashes", detail))
+    state = state.rolled_back_to(previous).recorded(record)
+    store.write(state)
+    return state, f"crashes: {detail}"
 
 
 def _fell_back(

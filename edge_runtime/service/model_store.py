@@ -70,6 +70,10 @@ class ModelState(StrictModel):
         """`model` becomes active and the one it replaces becomes previous."""
         return self.model_copy(update={"active": model, "previous": self.active})
 
+    def rolled_back_to(self, previous: InstalledModel) -> ModelState:
+        """`previous` (the kept previous model) becomes active again; the one it replaces is kept as previous."""
+        return self.model_copy(update={"active": previous, "previous": self.active})
+
     def recorded(self, record: UpdateRecord) -> ModelState:
         return self.model_copy(update={"last_update": record})
 

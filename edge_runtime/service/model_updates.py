@@ -254,8 +254,7 @@ class ModelUpdater:
             except OSError as error:
                 raise UpdateRefused("missing_file", f"slot {slot} cannot be read: {error}") from error
             inspector = self._checked_inspector(manifest, slot)
-            state = self.state.model_copy(update={"active": previous, "previous": self.state.active})
-            self._switch(state, inspector, "rollback", "rolled_back", request_id, cause)
+            self._switch(self.state.rolled_back_to(previous), inspector, "rollback", "rolled_back", request_id, cause)
         except UpdateRefused as refusal:
             self._refuse("rollback", previous.version, request_id, refusal, answer=cause is None)
         except Exception as error:
@@ -302,16 +301,7 @@ class ModelUpdater:
         self._stage("switching")
         assert state.active is not None
         version = state.active.version
-        record = UpdateRecord(
-            action=action,
-            outcome=outcome,
-            version=version,
-            request_id=request_id,
-            reason=cause.reason if cause else None,
-            detail=cause.detail if cause else None,
-            time=utc_now(),
-        )
-        state = state.recorded(record)
+        state = state.recorded(switch_record(action, outcome, version, request_id, cause))
         self.store.write(state)
         self._adopt(inspector)
         self.store.prune(state)
@@ -346,6 +336,21 @@ class ModelUpdater:
         kept = [self.store.path_of(m).resolve() for m in (self.state.active, self.state.previous) if m is not None]
         if slot.resolve() not in kept:
             self.store.remove(slot)
+
+
+def switch_record(
+    action: Action, outcome: Outcome, version: str, request_id: str | None, cause: UpdateRefused | None = None
+) -> UpdateRecord:
+    """`model.last_update` for a switch; `cause` says why the device switched on its own initiative."""
+    return UpdateRecord(
+        action=action,
+        outcome=outcome,
+        version=version,
+        request_id=request_id,
+        reason=cause.reason if cause else None,
+        detail=cause.detail if cause else None,
+        time=utc_now(),
+    )
 
 
 def _parse(model: type[StrictModel], body: dict[str, Any]) -> Any:

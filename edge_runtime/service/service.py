@@ -22,7 +22,7 @@ from edge_runtime.service.frames import CameraEvent, CameraState, Frame, FrameSo
 from edge_runtime.service.learning import Learning
 from edge_runtime.service.messages import encode_json, result_payload, utc_now
 from edge_runtime.service.metrics_endpoint import MetricsEndpoint
-from edge_runtime.service.model_guard import ModelGuard
+from edge_runtime.service.model_guard import CrashGuard, ModelGuard
 from edge_runtime.service.model_policy import BundlePolicy
 from edge_runtime.service.model_startup import load_startup_model
 from edge_runtime.service.model_store import ModelState, ModelStore, StateFileError
@@ -91,6 +91,11 @@ class Service:
         self.store = ModelStore(config.state_dir / MODELS_FOLDER)
         self.updater: ModelUpdater | None = None
         self.guard = ModelGuard(config.updates.fallback, self.store)  # rolls back a new model that keeps failing
+        # ... or that keeps ending the process, counted on disk; like the fallback, off when updates are off.
+        fallback = config.updates.fallback
+        self.crashes = CrashGuard(
+            fallback.model_copy(update={"enabled": fallback.enabled and config.updates.enabled}), self.store
+        )
         self._incoming_inspector: Inspector | None = None  # handed over by an update, adopted between frames
         self.outbox: Outbox | None = None
         self.publisher: Publisher | None = None
@@ -165,10 +170,13 @@ class Service:
         options = runtime_options(self.config)
         policy = BundlePolicy(self.config.bundle, self.store.root)
         if self.inspector is None:
-            startup = load_startup_model(self.config.bundle, self.store, keys, options, policy)
+            startup = load_startup_model(self.config.bundle, self.store, keys, options, policy, self.crashes)
             self.inspector, state = startup.inspector, startup.state
+            self.crashes.running(state)
             if startup.problem is not None:  # on the status topic too, not only in `model.last_update`
                 self.last_error = startup.problem
+            elif self.crashes.problem is not None:
+                self.last_error = self.crashes.problem
         else:  # an inspector handed in (tests, tools): the store only records what updates do
             try:
                 state = self.store.read()
@@ -228,10 +236,21 @@ class Service:
         old = self.inspector
         self.inspector = incoming
         self.guard.model_changed()
+        self._watch_for_crashes()
         self.stats.model_changed(incoming.model_version)
         log.info("now inspecting with model %s (was %s)", incoming.model_version, old and old.model_version)
         self.publish_status()
         self.publish_model_state()
+
+    def _watch_for_crashes(self) -> None:
+        """After a model change: the model state.json now names runs, and is watched if it is on probation.
+        Read from disk, which the updater wrote before the handover and which the next start will read."""
+        try:
+            state = self.store.read()
+        except StateFileError as error:
+            log.error("%s; runs of the new model are not counted", error)
+            return
+        self.crashes.running(state)
 
     def _open_parts(self) -> None:
         """Outbox (re-read from disk), MQTT publisher and camera source; nothing is started yet."""
@@ -444,6 +463,10 @@ class Service:
         self.publisher.send(self.topics.heatmap(part.part_id), jpeg, HEATMAP_QOS)
 
     def _shut_down(self) -> None:
+        # Asked to stop, or an error Python caught: the process ends by its own shutdown, not taken down by the
+        # model, so this run does not count against a model on probation. Recorded first: a shutdown that then
+        # hangs until systemd kills it says nothing about the model.
+        self.crashes.stopped()
         self.state = "stopping"
         self._stop_observers()  # first: they read the outbox, which is closed below
         if self.metrics_endpoint is not None:  # so does a scrape

@@ -163,11 +163,20 @@ class OpenVinoConfig(StrictModel):
 
 
 class FallbackConfig(StrictModel):
-    """A newly installed model whose inspections keep failing on real frames is rolled back to the previous one."""
+    """A newly installed model whose inspections keep failing on real frames, or that keeps ending the service
+    (a crash, a kill, the watchdog), is rolled back to the previous one."""
 
     enabled: bool = True
     max_failures: int = Field(5, ge=1, le=100_000, description="failed inspections within window_s that roll back")
     window_s: float = Field(60.0, gt=0.0, description="seconds over which failed inspections are counted")
+    # Crashes have a window of their own: each costs a restart (RestartSec, loading, warm-up: tens of seconds), so
+    # a count made for failed inspections, 5 within 60 s, would never be reached.
+    max_crashes: int = Field(
+        3, ge=1, le=1000, description="runs ended by a crash, kill or watchdog within crash_window_s that roll back"
+    )
+    crash_window_s: float = Field(
+        600.0, gt=0.0, description="seconds (device clock, across restarts) over which those runs are counted"
+    )
     probation_s: float = Field(
         24 * 3600.0, gt=0.0, description="how long after its install a model is watched (device clock)"
     )

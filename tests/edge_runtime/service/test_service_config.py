@@ -160,10 +160,12 @@ def test_offline_check_lists_missing_files_as_notices_and_the_full_check_refuses
 def test_the_fallback_of_a_failing_new_model_has_defaults_and_strict_keys(tmp_path):
     fallback = parse_config({"bundle": {"slot": str(tmp_path)}}, "minimal").updates.fallback
     assert (fallback.enabled, fallback.max_failures, fallback.window_s) == (True, 5, 60.0)
-    assert fallback.probation_s == 86400.0
-    raw = {"bundle": {"slot": str(tmp_path)}, "updates": {"fallback": {"max_fails": 3, "window_s": 0}}}
+    assert (fallback.probation_s, fallback.max_crashes, fallback.crash_window_s) == (86400.0, 3, 600.0)
+    wrong = {"max_fails": 3, "window_s": 0, "max_crashes": 0}
+    raw = {"bundle": {"slot": str(tmp_path)}, "updates": {"fallback": wrong}}
     with pytest.raises(ConfigError) as refused:
         parse_config(raw, "site.yaml")
     problems = " | ".join(refused.value.problems)
     assert "updates.fallback.max_fails: Extra inputs are not permitted" in problems
     assert "updates.fallback.window_s: Input should be greater than 0" in problems
+    assert "updates.fallback.max_crashes: Input should be greater than or equal to 1 (got 0)" in problems
