@@ -38,7 +38,10 @@ def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
     bundle.add_argument("--product", default=None, help="the product the bundle is for (with --device-class)")
     bundle.add_argument("--device-class", default=None, help="the device class it is for (with --product)")
     bundle.add_argument("--precision", choices=["auto", "int8", "fp16", "fp32"], default="auto")
-    gate = "precision gate of --precision auto: largest drop against FP32 kept for"
+    gate = (
+        "precision gate of --precision auto: largest drop against FP32 allowed (the drop measured on the gate set "
+        "may use half of it, its upper confidence bound all of it) for"
+    )
     bundle.add_argument("--max-auroc-drop", type=_allowance, default=0.01, help=f"{gate} image AUROC")
     bundle.add_argument("--max-pixel-auroc-drop", type=_allowance, default=0.01, help=f"{gate} pixel AUROC")
     bundle.add_argument("--max-aupro-drop", type=_allowance, default=0.01, help=f"{gate} AUPRO")

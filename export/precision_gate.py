@@ -52,16 +52,26 @@ class Measurement:
 
 @dataclass(frozen=True)
 class Allowances:
-    """The largest drop against all-FP32 each figure may take."""
+    """The largest drop against all-FP32 each figure may take on the line's images. The drop measured on the gate
+    set may use only `measured_share` of it, and the drop's upper confidence bound all of it: the gate set is not
+    the line's images (on magnetic_tile a mix measured at 0.0055 pixel AUROC, bound 0.0098, cost 0.011 on the test
+    images, docs/RESULTS.md)."""
 
     image_auroc: float = 0.01
     pixel_auroc: float = 0.01
     aupro: float = 0.01
+    measured_share: float = 0.5
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"allowed {name} drop must be within [0, 1], got {value}")
+
+    def limits(self) -> tuple[GateFigures, GateFigures]:
+        """(the limit of each measured drop, the limit of each drop's upper bound)."""
+        whole = GateFigures(self.image_auroc, self.pixel_auroc, self.aupro)
+        share = self.measured_share
+        return GateFigures(self.image_auroc * share, self.pixel_auroc * share, self.aupro * share), whole
 
 
 @dataclass(frozen=True)
@@ -170,8 +180,8 @@ def bound_drops(baseline: Measurement, candidate: Measurement, seed: int) -> Gat
 def judge(
     baseline: GateFigures, figures: GateFigures, allowances: Allowances, bounds: GateFigures | None = None
 ) -> tuple[GateFigures, bool]:
-    """(drops against the baseline, whether every drop, and every upper bound of a drop where given, stays
-    within its allowance)."""
+    """(drops against the baseline, whether every drop stays within its share of the allowance and every upper
+    bound of a drop, where given, within the allowance)."""
 
     def drop(before: float | None, after: float | None) -> float | None:
         return None if before is None or after is None else before - after
@@ -181,11 +191,12 @@ def judge(
         pixel_auroc=drop(baseline.pixel_auroc, figures.pixel_auroc),
         aupro=drop(baseline.aupro, figures.aupro),
     )
-    checked = [drops] if bounds is None else [drops, bounds]
+    drop_limits, bound_limits = allowances.limits()
+    checked = [(drops, drop_limits)] if bounds is None else [(drops, drop_limits), (bounds, bound_limits)]
     within = [
         value <= allowed
-        for figures_checked in checked
-        for value, allowed in zip(asdict(figures_checked).values(), asdict(allowances).values(), strict=True)
+        for figures_checked, limits in checked
+        for value, allowed in zip(asdict(figures_checked).values(), asdict(limits).values(), strict=True)
         if value is not None
     ]
     return drops, all(within)
