@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from edge_runtime.knn import search_width
 from train_host.memory_bank import greedy_coreset, selection_space
 
 
@@ -30,8 +31,9 @@ def test_memory_keeps_full_width_vectors(tiny_run) -> None:
     stage_widths = [stage.shape[1] for stage in run.knn_backbone(torch.zeros(1, 1, 64, 64))]
     fine_count = run.config.backbone.fine_stage_count((64, 64))
     assert fine_count is not None and run.memory.coarse is not None  # the tiny config has two scales
-    assert run.memory.index.dim == sum(stage_widths[:fine_count])
-    assert run.memory.coarse.index.dim == sum(stage_widths[fine_count:])
+    # Every stage value is kept; the index only adds zeros up to the width hnswlib searches fastest.
+    assert run.memory.index.dim == search_width(sum(stage_widths[:fine_count]))
+    assert run.memory.coarse.index.dim == search_width(sum(stage_widths[fine_count:]))
     assert run.memory.coarse.index.get_current_count() <= run.config.memory.coarse_coreset_size
 
 
