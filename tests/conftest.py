@@ -79,6 +79,8 @@ TINY_CONFIG = {
     # Four held-out goods set this model's threshold; the fusion choice (off by default) keeps its verdicts mixed on
     # the recorded parts, which the service tests need, and keeps the choice itself in every test of the model.
     "calibration": {"choose_map_weights": True},
+    # The paper's feature map (off by default) stays in the tiny model: every device test runs decode and map backbone.
+    "inspection": {"map_weights": {"feature": 0.15}},
     "threads": 2,
 }
 
