@@ -90,12 +90,9 @@ class Service:
         self.inspector = inspector
         self.store = ModelStore(config.state_dir / MODELS_FOLDER)
         self.updater: ModelUpdater | None = None
-        self.guard = ModelGuard(config.updates.fallback, self.store)  # rolls back a new model that keeps failing
-        # ... or that keeps ending the process, counted on disk; like the fallback, off when updates are off.
-        fallback = config.updates.fallback
-        self.crashes = CrashGuard(
-            fallback.model_copy(update={"enabled": fallback.enabled and config.updates.enabled}), self.store
-        )
+        fallback = config.updates.fallback_in_effect()
+        self.guard = ModelGuard(fallback, self.store)  # rolls back a new model that keeps failing
+        self.crashes = CrashGuard(fallback, self.store)  # ... or that keeps ending the process, counted on disk
         self._incoming_inspector: Inspector | None = None  # handed over by an update, adopted between frames
         self.outbox: Outbox | None = None
         self.publisher: Publisher | None = None
@@ -434,9 +431,9 @@ class Service:
         """A new model that fails too often on real frames goes back to the one it replaced (config
         updates.fallback); frames that cannot be inspected at all (FrameError) say nothing about the model."""
         updater = self.updater
-        if updater is None or not self.config.updates.enabled:
+        if updater is None:
             return
-        count = self.guard.failed(inspector.slot, updater.state)
+        count = self.guard.failed(inspector.slot, updater.state)  # None while the fallback is off
         if count is None:
             return
         window = self.config.updates.fallback.window_s

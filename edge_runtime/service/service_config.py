@@ -209,6 +209,10 @@ class UpdatesConfig(StrictModel):
         600.0, gt=0.0, le=86400.0, description="signed commands issued longer ago (or ahead) by the device clock"
     )
 
+    def fallback_in_effect(self) -> FallbackConfig:
+        """`fallback` as the device applies it: off when updates are off (no new model comes, none is watched)."""
+        return self.fallback.model_copy(update={"enabled": self.fallback.enabled and self.enabled})
+
 
 class OperatorViewConfig(StrictModel):
     """Local web page with the live overlay, plus /metrics (as `metrics` serves it) and /healthz; no

@@ -169,3 +169,10 @@ def test_the_fallback_of_a_failing_new_model_has_defaults_and_strict_keys(tmp_pa
     assert "updates.fallback.max_fails: Extra inputs are not permitted" in problems
     assert "updates.fallback.window_s: Input should be greater than 0" in problems
     assert "updates.fallback.max_crashes: Input should be greater than or equal to 1 (got 0)" in problems
+
+
+def test_the_fallback_is_off_where_updates_are(tmp_path):
+    on = parse_config({"bundle": {"slot": str(tmp_path)}}, "minimal").updates
+    off = parse_config({"bundle": {"slot": str(tmp_path)}, "updates": {"enabled": False}}, "minimal").updates
+    assert on.fallback_in_effect().enabled and not off.fallback_in_effect().enabled
+    assert off.fallback.enabled, "the configured value itself is kept"
