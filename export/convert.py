@@ -11,6 +11,8 @@ import nncf
 import numpy as np
 import openvino as ov
 import torch
+from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 from torch import nn
 
 from train_host.autoencoder import Autoencoder
@@ -73,9 +75,21 @@ def onnx_to_openvino(onnx_path: Path) -> ov.Model:
 
 
 def quantise_int8(model: ov.Model, samples: Sequence[tuple[np.ndarray, ...]]) -> ov.Model:
-    """Post-training INT8 quantisation with NNCF on inputs recorded from good images."""
+    """Post-training INT8 quantisation with NNCF on inputs recorded from good images.
+
+    Activation ranges span everything the good images produced (global minimum and maximum), not NNCF's default
+    average of each image's extremes: a defect drives activations past what good parts do, and a range clipped
+    to the typical good part cut exactly that signal off (INT8 KNN backbone on magnetic_tile: image AUROC 0.902
+    with the default ranges, 0.960 with these, 0.959 in FP16; docs/RESULTS.md)."""
     dataset = nncf.Dataset(list(samples), lambda item: {i: value for i, value in enumerate(item)})
-    return nncf.quantize(model, dataset, subset_size=len(samples), preset=nncf.QuantizationPreset.MIXED)
+    whole_range = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
+    return nncf.quantize(
+        model,
+        dataset,
+        subset_size=len(samples),
+        preset=nncf.QuantizationPreset.MIXED,
+        advanced_parameters=whole_range,
+    )
 
 
 def save_ir(model: ov.Model, xml_path: Path, fp16: bool) -> tuple[Path, Path]:

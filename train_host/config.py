@@ -142,9 +142,10 @@ class MemoryConfig(StrictModel):
     # A stride-32 grid has 1/16 of the stride-8 patches: 40,000 at 256 px from 640 images, kept to about a tenth.
     coarse_coreset_size: int = Field(4000, ge=1, description="vectors kept in the coarse memory")
     neighbours: int | None = Field(None, ge=1, description="k; default 1 for patch, 20 for image (paper)")
-    # Search breadth: 16 measured within 0.001 image AUROC of 32 on both example sets at 0.6x the search time
-    # (docs/BENCHMARKS.md); the build keeps ef_construction >= 100 either way.
-    ef: int = Field(16, ge=1)
+    # Search breadth: 8 measured within 0.001 of 16 on image and pixel AUROC and AUPRO on both example sets, and
+    # takes about 4 ms less per 256 px frame (docs/BENCHMARKS.md); 4 lost 0.003-0.004 on magnetic_tile. The build
+    # keeps ef_construction >= 100 either way.
+    ef: int = Field(8, ge=1)
     connections: int = Field(16, ge=4)
 
     @property
