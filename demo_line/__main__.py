@@ -35,6 +35,9 @@ def build_parser(prog: str = "python -m demo_line") -> argparse.ArgumentParser:
     soak.add_argument("--outage", type=float, default=60.0, help="seconds of each of the two broker outages")
     soak.add_argument("--qos", type=int, choices=[1, 2], default=None, help="QoS of results (default: the service's)")
     soak.add_argument(
+        "--camera-fps", type=float, default=60.0, help="frame rate of the conveyor camera (above the service's rate)"
+    )
+    soak.add_argument(
         "--steady", action="store_true", help="no outages and no kill: measure the sustained rate and the memory"
     )
     soak.add_argument("--bundle", type=Path, default=None, help="another bundle than the demo's (with --trusted-key)")
@@ -67,16 +70,21 @@ def _soak(args: argparse.Namespace) -> int:
     conveyor = args.demo / "conveyor"
     if args.images is not None:
         conveyor = conveyor_of_test_parts(args.images, bundle, trusted_key, args.out / "conveyor", args.parts)
-    options = SoakOptions(
-        bundle=bundle,
-        trusted_key=trusted_key,
-        conveyor=conveyor,
-        out=args.out,
-        duration_s=args.duration,
-        outage_s=args.outage,
-        qos=args.qos,
-        steady=args.steady,
-    )
+    try:
+        options = SoakOptions(
+            bundle=bundle,
+            trusted_key=trusted_key,
+            conveyor=conveyor,
+            out=args.out,
+            duration_s=args.duration,
+            outage_s=args.outage,
+            qos=args.qos,
+            camera_fps=args.camera_fps,
+            steady=args.steady,
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         report = run_soak(options)
     except LocalLineError as error:
