@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import openvino as ov
+import pytest
 import torch
 
 from edge_runtime.inspector import Inspector
@@ -66,6 +67,35 @@ def test_int8_backbone_stays_close_to_torch(tiny_run, tmp_path):
     for produced, reference in zip(compiled([image]).values(), expected, strict=True):
         cosine = float(produced.ravel() @ reference / (np.linalg.norm(produced) * np.linalg.norm(reference)))
         assert cosine > 0.95
+
+
+class _Smoothing(torch.nn.Module):
+    """A 3x3 mean filter: its INT8 output is its input's range, so a clipped input range shows in it directly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+        torch.nn.init.constant_(self.conv.weight, 1.0 / 9.0)
+        torch.nn.init.zeros_(self.conv.bias)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.conv(image)
+
+
+def test_int8_keeps_the_brightest_calibration_image_unclipped(tmp_path):
+    """A defect lights activations up beyond the typical good image; ranges averaged over the calibration images
+    would clip the one bright image here to about a fifth of its peak."""
+    spec = GraphSpec(_Smoothing(), (torch.zeros(1, 1, 16, 16),), ("image",))
+    model = onnx_to_openvino(to_onnx(spec, tmp_path / "smoothing.onnx"))
+    rng = np.random.default_rng(2)
+    samples = [(rng.uniform(0.0, 0.1, (1, 1, 16, 16)).astype(np.float32),) for _ in range(8)]
+    bright = samples[-1][0].copy()
+    bright[..., 4:12, 4:12] = 1.0
+    samples[-1] = (bright,)
+    produced = compile_f32(quantise_int8(model, samples))([bright])[0]
+    with torch.inference_mode():
+        expected = spec.module(torch.from_numpy(bright)).numpy()
+    assert float(produced.max()) == pytest.approx(float(expected.max()), rel=0.05)
 
 
 def test_bundle_records_precisions_and_gate(bundle):
