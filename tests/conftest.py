@@ -80,7 +80,8 @@ TINY_CONFIG = {
     # the recorded parts, which the service tests need, and keeps the choice itself in every test of the model.
     "calibration": {"choose_map_weights": True},
     # The paper's feature map (off by default) stays in the tiny model: every device test runs decode and map backbone.
-    "inspection": {"map_weights": {"feature": 0.15}},
+    # Two denoising steps (the default is one) keep the sampler's chained steps in every device test too.
+    "inspection": {"map_weights": {"feature": 0.15}, "denoise_steps": 2},
     "threads": 2,
 }
 
