@@ -72,7 +72,7 @@ bench: setup
 	$(PY) -m train_host bench --run $(BENCH_RUN) --images $(BENCH_IMAGES) --out $(BENCH_OUT)/torch-fp32.json
 	$(PY) -m edge_runtime bench-compare $(BENCH_OUT)/openvino-auto.json $(BENCH_OUT)/openvino-int8.json \
 		$(BENCH_OUT)/openvino-fp32.json $(BENCH_OUT)/openvino-memory-only.json $(BENCH_OUT)/torch-fp32.json \
-		--steps 1 --out $(BENCH_OUT)/compare.md
+		--out $(BENCH_OUT)/compare.md
 
 # On the device, once and as root: the systemd service d3ad-inspector (code and a venv without torch in
 # /opt/d3ad-inspector, the unit, /etc/d3ad-inspector/inspector.yaml); systemd/README.md says what comes next.

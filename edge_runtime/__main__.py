@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from edge_runtime.bundle import BundleError, install_bundle, load_trusted_keys
 from edge_runtime.preprocess import FrameError
+from edge_runtime.settings import InspectionSettings
 
 if TYPE_CHECKING:  # for annotations only: the inspector loads OpenVINO, which only some commands need
     import numpy as np
@@ -69,7 +70,12 @@ def build_parser(prog: str = "python -m edge_runtime") -> argparse.ArgumentParse
     bench.add_argument("--out", type=Path, default=None, help="write the report as JSON")
     compare = commands.add_parser("bench-compare", help="one Markdown table from several benchmark JSON reports")
     compare.add_argument("reports", type=Path, nargs="+", help="JSON written by bench / bench-torch --out")
-    compare.add_argument("--steps", type=int, default=2, help="the step count to compare at")
+    compare.add_argument(
+        "--steps",
+        type=int,
+        default=InspectionSettings().denoise_steps,
+        help="the step count to compare at (default: the default configuration's)",
+    )
     compare.add_argument("--out", type=Path, default=None, help="also write the tables to this Markdown file")
     run = commands.add_parser("run", help="the streaming service: camera frames in, results out over MQTT")
     run.add_argument("--config", type=Path, required=True, help="runtime config (configs/runtime/*.yaml)")
