@@ -46,8 +46,12 @@ def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
     bundle.add_argument("--max-pixel-auroc-drop", type=_allowance, default=0.01, help=f"{gate} pixel AUROC")
     bundle.add_argument("--max-aupro-drop", type=_allowance, default=0.01, help=f"{gate} AUPRO")
     bundle.add_argument("--gate-images-per-type", type=_positive, default=10, help="labelled test images in the gate")
+    bundle.add_argument("--gate-good-images", type=_positive, default=128, help="held-out goods in the gate, at most")
     bundle.add_argument(
-        "--gate-good-images", type=_positive, default=64, help="held-out goods in the gate (each also made defective)"
+        "--gate-defects-per-good",
+        type=_positive,
+        default=3,
+        help="synthetic defects made from each held-out good in the gate, each of another kind",
     )
     bundle.add_argument(
         "--search-ef",
@@ -145,6 +149,7 @@ def dispatch(args: argparse.Namespace) -> int:
                 max_aupro_drop=args.max_aupro_drop,
                 gate_images_per_type=args.gate_images_per_type,
                 gate_good_images=args.gate_good_images,
+                gate_defects_per_good=args.gate_defects_per_good,
                 search_ef=args.search_ef,
                 product=args.product,
                 device_class=args.device_class,

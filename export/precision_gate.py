@@ -137,24 +137,35 @@ class GateLog:
 
 
 def build_gate_set(
-    holdout: np.ndarray, data: DataConfig, test_per_type: int, seed: int, max_goods: int | None = None
+    holdout: np.ndarray,
+    data: DataConfig,
+    test_per_type: int,
+    seed: int,
+    max_goods: int | None = None,
+    defects_per_good: int = 1,
 ) -> GateSet:
-    """Held-out goods, synthetic defects made from them, and labelled test images where the set has them."""
+    """Held-out goods, `defects_per_good` synthetic defects made from each (a different kind each time), and
+    labelled test images where the set has them."""
+    if defects_per_good < 1:
+        raise ValueError(f"defects_per_good must be at least 1, got {defects_per_good}")
     goods = holdout if max_goods is None else holdout[:max_goods]
-    defective, synthetic_masks = make_synthetic_defects(goods, seed)
+    made = [make_synthetic_defects(goods, seed + copy, first_kind=copy) for copy in range(defects_per_good)]
     samples = select_samples(list_test_samples(data.root), test_per_type) if (data.root / "test").is_dir() else []
     items = [load_test_item(sample, data.image_size, data.color) for sample in samples]
     test_masks = [np.zeros(data.image_size, dtype=bool) if mask is None else mask for _, mask in items]
     count, height, width = len(goods), *data.image_size
+    synthetic = count * defects_per_good
+    synthetic_images = [images for images, _ in made]
+    synthetic_masks = [masks for _, masks in made]
     return GateSet(
-        images=np.concatenate([goods, defective, *[image[None] for image, _ in items]]).astype(np.float32),
-        labels=np.array([False] * count + [True] * count + [s.is_defect for s in samples]),
+        images=np.concatenate([goods, *synthetic_images, *[image[None] for image, _ in items]]).astype(np.float32),
+        labels=np.array([False] * count + [True] * synthetic + [s.is_defect for s in samples]),
         masks=np.concatenate(
-            [np.zeros((count, height, width), dtype=bool), synthetic_masks, *[m[None] for m in test_masks]]
+            [np.zeros((count, height, width), dtype=bool), *synthetic_masks, *[m[None] for m in test_masks]]
         ),
-        known=np.array([True] * (2 * count) + [s.has_pixel_truth for s in samples]),
+        known=np.array([True] * (count + synthetic) + [s.has_pixel_truth for s in samples]),
         held_out_goods=count,
-        synthetic_defects=count,
+        synthetic_defects=synthetic,
         test_images=len(samples),
         test_images_with_pixel_truth=sum(s.has_pixel_truth for s in samples),
     )

@@ -105,15 +105,17 @@ def draw_scratch(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarra
     return defective.astype(np.float32), mask
 
 
-def make_synthetic_defects(images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Defective copies of good images (N x C x H x W in [-1, 1]) and their masks (N x H x W bool)."""
+def make_synthetic_defects(images: np.ndarray, seed: int, first_kind: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Defective copies of good images (N x C x H x W in [-1, 1]) and their masks (N x H x W bool). The kinds take
+    turns from image to image, starting at KINDS[first_kind]: copies made with first kinds 0, 1 and 2 give every
+    image each kind once."""
     if images.ndim != 4 or len(images) == 0:
         raise ValueError(f"expected a non-empty N x C x H x W batch, got shape {images.shape}")
     rng = np.random.default_rng(seed)
     defective = np.empty_like(images, dtype=np.float32)
     masks = np.zeros((len(images), *images.shape[2:]), dtype=bool)
     for i, image in enumerate(images):
-        kind = KINDS[i % len(KINDS)]
+        kind = KINDS[(i + first_kind) % len(KINDS)]
         if kind == "blob":
             donor = images[int(rng.integers(len(images)))]
             defective[i], masks[i] = paste_blob(rng, image, donor)

@@ -139,7 +139,7 @@ def test_export_cli_binds_the_bundle_to_a_product_and_needs_an_orderable_version
 
     out = tmp_path / "tile-1.2.0.tar"
     common = ["bundle", "--run", str(tiny_run), "--out", str(out), "--sign-key", str(keys[0]), "--precision", "fp32"]
-    common += ["--gate-images-per-type", "1", "--gate-good-images", "4"]
+    common += ["--gate-images-per-type", "1", "--gate-good-images", "4", "--gate-defects-per-good", "2"]
     assert main([*common, "--model-version", "nightly"]) == 2
     assert "'nightly' is not a version that can be ordered" in capsys.readouterr().err
     assert main([*common, "--model-version", "1.2.0", "--product", "tile-inspector"]) == 2
@@ -152,3 +152,5 @@ def test_export_cli_binds_the_bundle_to_a_product_and_needs_an_orderable_version
     assert (manifest.schema_version, manifest.model_version) == (SCHEMA_VERSION, "1.2.0")
     assert (manifest.target.product, manifest.target.device_class) == ("tile-inspector", "line-pc")
     assert "for tile-inspector/line-pc" in capsys.readouterr().out
+    gate_set = json.loads(out.with_suffix(".export.json").read_text())["gate_set"]
+    assert (gate_set["held_out_goods"], gate_set["synthetic_defects"]) == (4, 8)

@@ -24,6 +24,7 @@ from export.precision_gate import (
 from train_host.__main__ import main as train_host_main
 from train_host.dataset import load_image
 from train_host.run_store import build_pipeline, load_run
+from train_host.synthetic_defects import make_synthetic_defects
 
 
 def check_trial_decisions(trials: list[dict], baseline: dict, allowances: dict) -> None:
@@ -51,10 +52,11 @@ def test_bundle_report_holds_every_trial_with_all_three_figures(bundle, tiny_run
     out, manifest = bundle
     report = json.loads(out.with_suffix(".export.json").read_text())
     holdout = len(load_run(tiny_run).holdout)
-    # The conftest bundle takes 2 test images per type: good, blowhole, crack, all with masks.
+    # The conftest bundle takes 2 test images per type: good, blowhole, crack, all with masks; by default three
+    # synthetic defects are made from each held-out good.
     assert report["gate_set"] == {
         "held_out_goods": holdout,
-        "synthetic_defects": holdout,
+        "synthetic_defects": 3 * holdout,
         "test_images": 6,
         "test_images_with_pixel_truth": 6,
     }
@@ -130,15 +132,21 @@ def test_gate_set_of_a_set_without_masks(tiny_run, tiny_dataset, without_masks, 
     run = load_run(tiny_run)
     holdout = run.holdout_images()
     bare = run.config.data.model_copy(update={"root": without_masks(tiny_dataset, tmp_path / "bare")})
-    gate_set = build_gate_set(holdout, bare, 2, seed=5)
+    gate_set = build_gate_set(holdout, bare, 2, seed=5, defects_per_good=2)
     count = len(holdout)
-    assert (gate_set.held_out_goods, gate_set.synthetic_defects) == (count, count)
+    assert (gate_set.held_out_goods, gate_set.synthetic_defects) == (count, 2 * count)
     assert (gate_set.test_images, gate_set.test_images_with_pixel_truth) == (6, 2)
-    assert gate_set.images.shape == (2 * count + 6, 1, 64, 64) and np.abs(gate_set.images).max() <= 1.0
+    assert gate_set.images.shape == (3 * count + 6, 1, 64, 64) and np.abs(gate_set.images).max() <= 1.0
     # Test images come type by type: blowhole, crack, good.
-    assert list(gate_set.labels) == [False] * count + [True] * count + [True] * 4 + [False] * 2
-    assert all(mask.any() for mask in gate_set.masks[count : 2 * count]) and not gate_set.masks[:count].any()
-    assert list(gate_set.known[2 * count :]) == [False] * 4 + [True] * 2
+    assert list(gate_set.labels) == [False] * count + [True] * 2 * count + [True] * 4 + [False] * 2
+    assert all(mask.any() for mask in gate_set.masks[count : 3 * count]) and not gate_set.masks[:count].any()
+    assert list(gate_set.known[3 * count :]) == [False] * 4 + [True] * 2
+    # The first copy is the one a single defect per good gives; the second is another kind on each good.
+    first, _ = make_synthetic_defects(holdout, 5)
+    assert np.array_equal(gate_set.images[count : 2 * count], first)
+    assert not np.array_equal(gate_set.masks[count : 2 * count], gate_set.masks[2 * count : 3 * count])
+    with pytest.raises(ValueError, match="defects_per_good must be at least 1, got 0"):
+        build_gate_set(holdout, bare, 2, seed=5, defects_per_good=0)
     # Test defects without a mask add to the image figure only: the pixel figures equal those of the same
     # gate set without them.
     pipeline = build_pipeline(run, run.config.inspection, torch.device("cpu"))

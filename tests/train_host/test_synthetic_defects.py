@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from train_host import synthetic_defects
 from train_host.dataset import load_image, train_images
 from train_host.synthetic_defects import make_synthetic_defects
 
@@ -33,6 +34,23 @@ def test_defects_follow_the_seed(good_images) -> None:
     other, _ = make_synthetic_defects(good_images, seed=6)
     assert np.array_equal(first, again) and np.array_equal(first_masks, again_masks)
     assert not np.array_equal(first, other)
+
+
+def test_the_kinds_take_turns_from_the_first_kind(good_images, monkeypatch) -> None:
+    painted: list[str] = []
+    for name in ("paste_blob", "paste_patch", "draw_scratch"):
+        original = getattr(synthetic_defects, name)
+
+        def recorded(*args, _original=original, _name=name):
+            painted.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(synthetic_defects, name, recorded)
+    make_synthetic_defects(good_images[:4], seed=0)
+    assert painted == ["paste_blob", "paste_patch", "draw_scratch", "paste_blob"]
+    painted.clear()
+    make_synthetic_defects(good_images[:4], seed=0, first_kind=2)
+    assert painted == ["draw_scratch", "paste_blob", "paste_patch", "draw_scratch"]
 
 
 def test_a_batch_of_the_wrong_shape_is_refused() -> None:
