@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from demo_line import soak_defaults
 from edge_runtime.bundle_errors import BundleError
 from edge_runtime.config_errors import ConfigError
 
@@ -31,11 +32,16 @@ def build_parser(prog: str = "python -m demo_line") -> argparse.ArgumentParser:
     )
     soak.add_argument("--demo", type=Path, default=Path("runs/demo"), help="the folder `make demo` wrote")
     soak.add_argument("--out", type=Path, default=Path("runs/soak"), help="folder for the logs and soak.json")
-    soak.add_argument("--duration", type=float, default=600.0, help="seconds of streaming")
-    soak.add_argument("--outage", type=float, default=60.0, help="seconds of each of the two broker outages")
+    soak.add_argument("--duration", type=float, default=soak_defaults.DURATION_S, help="seconds of streaming")
+    soak.add_argument(
+        "--outage", type=float, default=soak_defaults.OUTAGE_S, help="seconds of each of the two broker outages"
+    )
     soak.add_argument("--qos", type=int, choices=[1, 2], default=None, help="QoS of results (default: the service's)")
     soak.add_argument(
-        "--camera-fps", type=float, default=60.0, help="frame rate of the conveyor camera (above the service's rate)"
+        "--camera-fps",
+        type=float,
+        default=soak_defaults.CAMERA_FPS,
+        help="frame rate of the conveyor camera (above the service's rate)",
     )
     soak.add_argument(
         "--steady", action="store_true", help="no outages and no kill: measure the sustained rate and the memory"

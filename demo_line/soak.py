@@ -22,6 +22,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import yaml
 
+from demo_line import soak_defaults
 from demo_line.conveyor import choose_parts, load_truth, write_conveyor
 from demo_line.local_line import LocalBroker, LocalLineError, ServiceProcess
 from demo_line.soak_report import (
@@ -53,11 +54,9 @@ class SoakOptions:
     trusted_key: Path
     conveyor: Path  # a folder `make demo` wrote: frames and truth.json
     out: Path
-    duration_s: float = 600.0
-    outage_s: float = 60.0
-    # Faster than the service inspects (a 256 px gated bundle keeps up with 30 fps on two cores), so that it runs
-    # at its full rate and drops the rest: the steady soak then measures that rate.
-    camera_fps: float = 60.0
+    duration_s: float = soak_defaults.DURATION_S
+    outage_s: float = soak_defaults.OUTAGE_S
+    camera_fps: float = soak_defaults.CAMERA_FPS
     stats_interval_s: float = 2.0
     qos: int | None = None  # of results; None: the service's default
     steady: bool = False  # no outages and no kill: the service's sustained rate and memory, undisturbed

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from demo_line.__main__ import build_parser
 from demo_line.soak import SoakOptions
 
 
@@ -20,3 +21,9 @@ def test_outages_need_room_in_the_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="duration_s 100.0 must be at least 4 x outage_s"):
         options(tmp_path, duration_s=100.0, outage_s=60.0)
     assert options(tmp_path, duration_s=100.0, outage_s=60.0, steady=True).timeline() == []
+
+
+def test_the_command_line_runs_the_soak_with_its_own_defaults(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["soak"])
+    given = options(tmp_path, duration_s=args.duration, outage_s=args.outage, camera_fps=args.camera_fps)
+    assert given == options(tmp_path)
