@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_runtime.bundle import load_installed
 from edge_runtime.knn import KnnMemory
-from edge_runtime.manifest import Manifest
+from edge_runtime.manifest import FIRST_SCALE_UNITS_SCHEMA, Manifest
 from edge_runtime.openvino_networks import CompiledNetworks, RuntimeOptions
 from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.preprocess import preprocess, read_image_file
@@ -119,4 +119,9 @@ def load_memory(slot: Path, manifest: Manifest) -> KnnMemory:
     if (expected is not None) != (memory.coarse is not None):
         says = f"coarse_folder {expected!r}" if expected is not None else "no coarse memory"
         raise RuntimeError(f"the manifest names {says}, but the memory in {folder} does not match")
+    if manifest.schema_version < FIRST_SCALE_UNITS_SCHEMA and memory.scale_units() != (1.0, 1.0):
+        raise RuntimeError(
+            f"the memory in {folder} joins its scales in typical distances, which needs manifest schema "
+            f"{FIRST_SCALE_UNITS_SCHEMA}, not {manifest.schema_version}"
+        )
     return memory

@@ -140,12 +140,16 @@ def split_scales(
     return stage_maps[:fine_count], stage_maps[fine_count:]
 
 
-def join_scales(fine_map: np.ndarray, coarse_map: np.ndarray) -> np.ndarray:
+def join_scales(
+    fine_map: np.ndarray, coarse_map: np.ndarray, fine_unit: float = 1.0, coarse_unit: float = 1.0
+) -> np.ndarray:
     """The two scales' distances as one map on the fine grid: sqrt(fine^2 + coarse^2), the distance a joint
-    vector of both scales would have if each scale's nearest neighbour were the same patch (a lower bound)."""
+    vector of both scales would have if each scale's nearest neighbour were the same patch (a lower bound). Each
+    scale is first divided by its unit, so that neither outweighs the other by the size of its feature space."""
     height, width = fine_map.shape
     coarse_on_fine = cv2.resize(coarse_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.sqrt(fine_map * fine_map + coarse_on_fine * coarse_on_fine).astype(np.float32)
+    fine, coarse = fine_map / fine_unit, coarse_on_fine / coarse_unit
+    return np.sqrt(fine * fine + coarse * coarse).astype(np.float32)
 
 
 @dataclass
@@ -164,6 +168,10 @@ class KnnMemory:
     # The coarser stages searched on their own grid, in a memory of their own: 64 queries at 256 px instead of
     # widening all 1,024 fine vectors, and the fine map keeps its own nearest neighbours.
     coarse: KnnMemory | None = None
+    # The median nearest-neighbour distance of held-out good patches on this scale (None: not measured). With both
+    # scales' measured, each is divided by its own before they are joined: magnetic_tile's coarse distances ran
+    # about 1.35x its fine ones and outweighed them (docs/RESULTS.md).
+    typical_distance: float | None = None
 
     def scales(self) -> list[KnnMemory]:
         """This memory and its coarse one, finest first."""
@@ -194,16 +202,28 @@ class KnnMemory:
         squared = merge_nearest(squared, extra, self.neighbours)
         return np.sqrt(np.maximum(squared, 0.0)).mean(axis=1)
 
-    def severity(self, stage_maps: Sequence[np.ndarray]) -> Severity:
+    def own_distances(self, stage_maps: Sequence[np.ndarray]) -> np.ndarray:
+        """This scale's distances alone: one per image vector, or a map on this scale's patch grid."""
         vectors, grid = self.describe(stage_maps)
         distances = self.distances(vectors)
+        return distances if self.mode == "image" else distances.reshape(grid).astype(np.float32)
+
+    def scale_units(self) -> tuple[float, float]:
+        """(fine, coarse) units the scales are divided by before they are joined; 1 where not measured."""
+        coarse = self.coarse.typical_distance if self.coarse is not None else None
+        if self.typical_distance is None or coarse is None:
+            return 1.0, 1.0
+        return self.typical_distance, coarse
+
+    def severity(self, stage_maps: Sequence[np.ndarray]) -> Severity:
+        distances = self.own_distances(stage_maps)
         if self.mode == "image":
             return Severity(distance=float(distances[0]), patch_map=None)
-        patch_map = distances.reshape(grid).astype(np.float32)
+        patch_map = distances
         if self.coarse is not None:
-            coarse = self.coarse.severity(self.coarse_maps(stage_maps))
-            assert coarse.patch_map is not None  # a coarse memory is a patch memory (checked at load)
-            patch_map = join_scales(patch_map, coarse.patch_map)
+            # A coarse memory is a patch memory (checked at load), so its distances are a map.
+            coarse_map = self.coarse.own_distances(self.coarse_maps(stage_maps))
+            patch_map = join_scales(patch_map, coarse_map, *self.scale_units())
         return Severity(distance=float(patch_map.max()), patch_map=patch_map)
 
     def save(self, folder: Path) -> None:
@@ -220,6 +240,7 @@ class KnnMemory:
             "stage_count": self.stage_count,
             "context": self.context,
             "coarse": COARSE_FOLDER if self.coarse is not None else None,
+            "typical_distance": self.typical_distance,
         }
         (folder / "memory.json").write_text(json.dumps(meta, indent=2))
         if self.coarse is not None:
@@ -241,6 +262,9 @@ class KnnMemory:
         patch_modes = meta["mode"] == "patch" and (coarse is None or coarse.mode == "patch")
         if coarse is not None and (not patch_modes or meta.get("stage_count") is None):
             raise ValueError(f"{meta_path}: a coarse memory needs patch mode on both scales and a stage_count")
+        typical = meta.get("typical_distance")
+        if typical is not None and not (isinstance(typical, (int, float)) and np.isfinite(typical) and typical > 0):
+            raise ValueError(f"{meta_path}: typical_distance must be a positive number, got {typical!r}")
         return cls(
             mode=meta["mode"],
             index=index,
@@ -249,6 +273,7 @@ class KnnMemory:
             stage_count=meta.get("stage_count"),
             context=bool(meta.get("context", True)),
             coarse=coarse,
+            typical_distance=None if typical is None else float(typical),
         )
 
 

@@ -35,11 +35,15 @@ from edge_runtime.versions import version_problem
 #    1-3 scored by the maximum and still do: the key is 0 for them when absent.
 # 5: memory.coarse_folder, a second memory of the coarse stages searched on its own grid. A device that knows only
 #    1-4 would score such a bundle without it and fail its reference images; it now says "unknown schema".
-SCHEMA_VERSION = 5
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3, 4, 5})
+# 6: a two-scale memory may carry each scale's typical distance (`typical_distance` in its memory.json), the unit the
+#    scales are joined in. A device that knows only 1-5 would join them unscaled and fail the reference images; it
+#    now says "unknown schema".
+SCHEMA_VERSION = 6
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3, 4, 5, 6})
 FIRST_BOUND_SCHEMA = 3
 FIRST_TOP_FRACTION_SCHEMA = 4
 FIRST_COARSE_MEMORY_SCHEMA = 5
+FIRST_SCALE_UNITS_SCHEMA = 6
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"

@@ -98,3 +98,17 @@ def _memory_of(vectors: np.ndarray, config: MemoryConfig, coreset_size: int, see
         vectors = vectors[picked]
     index = build_index(vectors, ef=max(config.ef, config.k), connections=config.connections, seed=seed)
     return KnnMemory(mode=config.mode, index=index, projection=projection, neighbours=config.k)
+
+
+def measure_typical_distances(memory: KnnMemory, backbone: Backbone, images: np.ndarray, device: torch.device) -> None:
+    """Sets each scale's typical distance: the median nearest-neighbour distance of the held-out good images'
+    patches on it. The scales are joined in these units (`edge_runtime.knn.join_scales`); a memory of one scale
+    needs none."""
+    if memory.coarse is None:
+        return
+    fine, coarse = [], []
+    for maps in stage_maps_of(backbone, images, device):
+        fine.append(memory.own_distances(maps).ravel())
+        coarse.append(memory.coarse.own_distances(memory.coarse_maps(maps)).ravel())
+    memory.typical_distance = float(np.median(np.concatenate(fine)))
+    memory.coarse.typical_distance = float(np.median(np.concatenate(coarse)))

@@ -15,7 +15,7 @@ from train_host.calibrate import fit_calibration, synthetic_recall
 from train_host.config import TrainConfig
 from train_host.dataset import list_test_samples, load_image, split_holdout, spread_subset, train_images
 from train_host.evaluation import EvaluationReport, inspect_test_set, select_samples
-from train_host.memory_bank import build_memory
+from train_host.memory_bank import build_memory, measure_typical_distances
 from train_host.run_store import schedule_of
 from train_host.torch_setup import pick_device, seed_everything
 
@@ -60,9 +60,10 @@ def evaluate_memory_only(config: TrainConfig, tag: str = "memory_only") -> Evalu
     memory = build_memory(
         backbone, load(fit_paths), config.memory, device, config.seed, config.backbone.fine_stage_count(data.image_size)
     )
+    holdout = load(holdout_paths)
+    measure_typical_distances(memory, backbone, holdout, device)
     networks = BackboneOnlyNetworks(backbone, device)
     pipeline = InspectionPipeline(networks, memory, config.inspection, schedule_of(config))
-    holdout = load(holdout_paths)
     calibration = fit_calibration(pipeline, holdout, config.calibration)
     samples = select_samples(list_test_samples(data.root), data.max_test_images_per_type, config.seed)
     report = inspect_test_set(pipeline, calibration, samples, data, str(data.root), tag)

@@ -19,7 +19,7 @@ from train_host.config import ConfigError, TrainConfig, config_to_yaml
 from train_host.dataset import load_image, split_holdout, spread_subset, train_images
 from train_host.fit_autoencoder import crop_shape, train_autoencoder
 from train_host.fit_denoiser import encode_with_flips, train_denoiser
-from train_host.memory_bank import build_memory
+from train_host.memory_bank import build_memory, measure_typical_distances
 from train_host.run_store import (
     RunPaths,
     build_pipeline,
@@ -120,9 +120,10 @@ def train(config: TrainConfig, out: Path) -> RunPaths:
 
     def fit_memory() -> None:
         frozen = knn_backbone(config.backbone, size).to(device)
-        build_memory(frozen, images, config.memory, device, config.seed, config.backbone.fine_stage_count(size)).save(
-            paths.memory
-        )
+        fine_stages = config.backbone.fine_stage_count(size)
+        memory = build_memory(frozen, images, config.memory, device, config.seed, fine_stages)
+        measure_typical_distances(memory, frozen, load_images(holdout_paths, config), device)
+        memory.save(paths.memory)
 
     log.run("memory", (paths.memory / "memory.json").is_file(), fit_memory)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edge_runtime.bench import measure_latency
-from edge_runtime.inspector import Inspector, InspectorPool
+from edge_runtime.inspector import Inspector, InspectorPool, load_memory
 from edge_runtime.openvino_networks import NETWORK_NAMES, OpenVinoNetworks, RuntimeOptions
 from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.preprocess import FrameError
@@ -93,7 +93,7 @@ def test_result_is_typed_and_timed(slot):
     assert {"preprocess", "knn", "encode", "denoise", "decode", "feature_maps", "fuse", "total"} <= set(
         result.timings_ms
     )
-    latency, stages, fps = measure_latency(Inspector.from_slot(slot).inspect, [np.zeros((64, 64), np.uint8)] * 3, 1)
+    latency, stages, fps = measure_latency(inspector.inspect, [np.zeros((64, 64), np.uint8)] * 3, 1)
     assert latency.p50_ms > 0 and fps > 0 and "denoise" in stages
 
 
@@ -118,3 +118,12 @@ def test_zero_weighted_maps_are_not_computed(slot):
 def test_latency_mode_searches_with_every_core_and_throughput_mode_with_one(slot):
     assert Inspector.from_slot(slot, RuntimeOptions(threads=2)).memory.query_threads == 2
     assert Inspector.from_slot(slot, RuntimeOptions(performance_hint="THROUGHPUT")).memory.query_threads == 1
+
+
+def test_a_memory_joined_in_typical_distances_needs_schema_6(slot, bundle):
+    manifest = bundle[1]
+    memory = load_memory(slot, manifest)
+    assert manifest.schema_version == 6 and min(memory.scale_units()) > 0.0 and memory.scale_units() != (1.0, 1.0)
+    older = manifest.model_copy(update={"schema_version": 5})
+    with pytest.raises(RuntimeError, match="typical distances, which needs manifest schema 6, not 5"):
+        load_memory(slot, older)

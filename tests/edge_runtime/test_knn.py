@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from edge_runtime.knn import KnnMemory, build_index, image_vector, join_scales, local_average, patch_vectors
 
@@ -96,6 +97,35 @@ def test_join_scales_is_the_root_of_the_summed_squares():
     fine = np.array([[3.0, 0.0], [0.0, 1.0]], np.float32)
     coarse = np.full((1, 1), 4.0, np.float32)
     np.testing.assert_allclose(join_scales(fine, coarse), [[5.0, 4.0], [4.0, np.sqrt(17.0)]], rtol=1e-6)
+    # In units of each scale's typical distance: 3 / 1.5 and 4 / 2 give sqrt(4 + 4).
+    halved = join_scales(fine, coarse, fine_unit=1.5, coarse_unit=2.0)
+    np.testing.assert_allclose(halved[0, 0], np.sqrt(8.0), rtol=1e-6)
+
+
+def test_scales_with_typical_distances_are_joined_in_them_and_keep_them_when_saved(tmp_path):
+    rng = np.random.default_rng(13)
+    fine = [rng.standard_normal((6, 8, 8)).astype(np.float32)]
+    coarse = [rng.standard_normal((10, 2, 2)).astype(np.float32)]
+    memory = two_scale_memory(rng, fine, coarse)
+    shifted = [fine[0] + 0.5, coarse[0] + 1.0]
+    plain = memory.severity(shifted).patch_map
+    assert memory.scale_units() == (1.0, 1.0)
+    memory.coarse.typical_distance = 2.0  # one scale measured is not enough: still joined unscaled
+    np.testing.assert_array_equal(memory.severity(shifted).patch_map, plain)
+    memory.typical_distance = 0.5
+    fine_map = memory.own_distances(shifted)
+    coarse_map = memory.coarse.own_distances(memory.coarse_maps(shifted))
+    expected = join_scales(fine_map, coarse_map, 0.5, 2.0)
+    np.testing.assert_allclose(memory.severity(shifted).patch_map, expected, rtol=1e-6)
+    assert not np.allclose(expected, plain)
+    memory.save(tmp_path)
+    loaded = KnnMemory.load(tmp_path)
+    assert loaded.scale_units() == (0.5, 2.0)
+    np.testing.assert_allclose(loaded.severity(shifted).patch_map, expected, rtol=1e-6)
+    meta = json.loads((tmp_path / "memory.json").read_text())
+    (tmp_path / "memory.json").write_text(json.dumps({**meta, "typical_distance": -1.0}))
+    with pytest.raises(ValueError, match="typical_distance must be a positive number, got -1.0"):
+        KnnMemory.load(tmp_path)
 
 
 def test_a_memory_saved_before_the_coarse_scale_loads_as_one_scale(tmp_path):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from edge_runtime.knn import search_width
-from train_host.memory_bank import greedy_coreset, selection_space
+from train_host.memory_bank import greedy_coreset, selection_space, stage_maps_of
 
 
 def test_selection_space_projects_only_when_asked() -> None:
@@ -35,6 +36,19 @@ def test_memory_keeps_full_width_vectors(tiny_run) -> None:
     assert run.memory.index.dim == search_width(sum(stage_widths[:fine_count]))
     assert run.memory.coarse.index.dim == search_width(sum(stage_widths[fine_count:]))
     assert run.memory.coarse.index.get_current_count() <= run.config.memory.coarse_coreset_size
+
+
+def test_the_scales_are_joined_in_the_held_out_goods_typical_distances(tiny_run) -> None:
+    from train_host.run_store import load_run
+
+    run = load_run(tiny_run)
+    fine, coarse = [], []
+    for maps in stage_maps_of(run.knn_backbone, run.holdout_images(), torch.device("cpu")):
+        fine.append(run.memory.own_distances(maps))
+        coarse.append(run.memory.coarse.own_distances(run.memory.coarse_maps(maps)))
+    # Training measured them on the held-out goods and saved them with the memory.
+    assert run.memory.scale_units() == pytest.approx((np.median(fine), np.median(coarse)), rel=1e-5)
+    assert min(run.memory.scale_units()) > 0.0
 
 
 def test_memory_baseline_evaluates_the_knn_map_alone(tiny_config) -> None:
