@@ -170,7 +170,7 @@ class KnnMemory:
     coarse: KnnMemory | None = None
     # The median nearest-neighbour distance of held-out good patches on this scale (None: not measured). With both
     # scales' measured, each is divided by its own before they are joined: magnetic_tile's coarse distances ran
-    # about 1.35x its fine ones and outweighed them (docs/RESULTS.md).
+    # about 1.3x its fine ones and outweighed them (docs/RESULTS.md).
     typical_distance: float | None = None
 
     def scales(self) -> list[KnnMemory]:

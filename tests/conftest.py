@@ -76,9 +76,6 @@ TINY_CONFIG = {
     "unet": {"iterations": 20, "batch_size": 4, "base_channels": 16},
     "adaptation": {"iterations": 2, "batch_size": 2},
     "memory": {"coreset_size": 200},
-    # Four held-out goods set this model's threshold; the fusion choice (off by default) keeps its verdicts mixed on
-    # the recorded parts, which the service tests need, and keeps the choice itself in every test of the model.
-    "calibration": {"choose_map_weights": True},
     # The paper's feature map (off by default) stays in the tiny model: every device test runs decode and map backbone.
     # Two denoising steps (the default is one) keep the sampler's chained steps in every device test too.
     "inspection": {"map_weights": {"feature": 0.15}, "denoise_steps": 2},
