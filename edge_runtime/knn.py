@@ -208,6 +208,14 @@ class KnnMemory:
         distances = self.distances(vectors)
         return distances if self.mode == "image" else distances.reshape(grid).astype(np.float32)
 
+    def scale_distances(self, stage_maps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(this scale's distances, the coarse scale's distance map or None), each in its own units, not joined."""
+        own = self.own_distances(stage_maps)
+        if self.coarse is None:
+            return own, None
+        # A coarse memory is a patch memory (checked at load), so its distances are a map.
+        return own, self.coarse.own_distances(self.coarse_maps(stage_maps))
+
     def scale_units(self) -> tuple[float, float]:
         """(fine, coarse) units the scales are divided by before they are joined; 1 where not measured."""
         coarse = self.coarse.typical_distance if self.coarse is not None else None
@@ -216,14 +224,10 @@ class KnnMemory:
         return self.typical_distance, coarse
 
     def severity(self, stage_maps: Sequence[np.ndarray]) -> Severity:
-        distances = self.own_distances(stage_maps)
+        distances, coarse_map = self.scale_distances(stage_maps)
         if self.mode == "image":
             return Severity(distance=float(distances[0]), patch_map=None)
-        patch_map = distances
-        if self.coarse is not None:
-            # A coarse memory is a patch memory (checked at load), so its distances are a map.
-            coarse_map = self.coarse.own_distances(self.coarse_maps(stage_maps))
-            patch_map = join_scales(patch_map, coarse_map, *self.scale_units())
+        patch_map = distances if coarse_map is None else join_scales(distances, coarse_map, *self.scale_units())
         return Severity(distance=float(patch_map.max()), patch_map=patch_map)
 
     def save(self, folder: Path) -> None:

@@ -108,7 +108,8 @@ def measure_typical_distances(memory: KnnMemory, backbone: Backbone, images: np.
         return
     fine, coarse = [], []
     for maps in stage_maps_of(backbone, images, device):
-        fine.append(memory.own_distances(maps).ravel())
-        coarse.append(memory.coarse.own_distances(memory.coarse_maps(maps)).ravel())
+        fine_map, coarse_map = memory.scale_distances(maps)
+        fine.append(fine_map.ravel())
+        coarse.append(coarse_map.ravel())
     memory.typical_distance = float(np.median(np.concatenate(fine)))
     memory.coarse.typical_distance = float(np.median(np.concatenate(coarse)))

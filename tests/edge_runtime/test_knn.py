@@ -113,9 +113,7 @@ def test_scales_with_typical_distances_are_joined_in_them_and_keep_them_when_sav
     memory.coarse.typical_distance = 2.0  # one scale measured is not enough: still joined unscaled
     np.testing.assert_array_equal(memory.severity(shifted).patch_map, plain)
     memory.typical_distance = 0.5
-    fine_map = memory.own_distances(shifted)
-    coarse_map = memory.coarse.own_distances(memory.coarse_maps(shifted))
-    expected = join_scales(fine_map, coarse_map, 0.5, 2.0)
+    expected = join_scales(*memory.scale_distances(shifted), 0.5, 2.0)
     np.testing.assert_allclose(memory.severity(shifted).patch_map, expected, rtol=1e-6)
     assert not np.allclose(expected, plain)
     memory.save(tmp_path)

@@ -44,8 +44,9 @@ def test_the_scales_are_joined_in_the_held_out_goods_typical_distances(tiny_run)
     run = load_run(tiny_run)
     fine, coarse = [], []
     for maps in stage_maps_of(run.knn_backbone, run.holdout_images(), torch.device("cpu")):
-        fine.append(run.memory.own_distances(maps))
-        coarse.append(run.memory.coarse.own_distances(run.memory.coarse_maps(maps)))
+        fine_map, coarse_map = run.memory.scale_distances(maps)
+        fine.append(fine_map)
+        coarse.append(coarse_map)
     # Training measured them on the held-out goods and saved them with the memory.
     assert run.memory.scale_units() == pytest.approx((np.median(fine), np.median(coarse)), rel=1e-5)
     assert min(run.memory.scale_units()) > 0.0
