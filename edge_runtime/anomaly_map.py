@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -111,15 +112,34 @@ def image_score(anomaly_map: np.ndarray, top_fraction: float) -> float:
     return float(image_scores(anomaly_map[None], top_fraction)[0])
 
 
+FusionRule = Literal["capped", "sum"]
+HEALING_KINDS = ("latent", "feature")
+
+
 def fuse_maps(
-    maps: Mapping[str, np.ndarray], stats: Mapping[str, MapStats], weights: Mapping[str, float], blur_sigma: float
+    maps: Mapping[str, np.ndarray],
+    stats: Mapping[str, MapStats],
+    weights: Mapping[str, float],
+    blur_sigma: float,
+    fusion: FusionRule = "capped",
 ) -> np.ndarray:
-    """Weighted sum of normalised maps, then Gaussian smoothing."""
+    """Weighted sum of normalised maps, then Gaussian smoothing.
+
+    "capped": each healing map (latent, feature) adds at most what the KNN map, fused beside it, finds unusual at
+    that pixel. Input and healed image differ on good texture too; where the memory sees a good patch, that
+    difference is noise, and it set the image score of good parts. Where the memory does see something, the healing
+    still outlines it (docs/RESULTS.md). Without a KNN map there is nothing to cap by, and the maps are summed.
+    "sum": the plain weighted sum, the rule of bundles and runs made before the cap existed."""
     used = [kind for kind in MAP_KINDS if weights.get(kind, 0.0) > 0.0]
     if not used:
         raise ValueError("at least one map weight must be positive")
-    combined = sum(weights[kind] * stats[kind].normalise(maps[kind]) for kind in used)
-    combined = np.asarray(combined, dtype=np.float32)
+    normalised = {kind: stats[kind].normalise(maps[kind]) for kind in used}
+    if fusion == "capped" and "knn" in normalised:
+        memory_evidence = np.maximum(normalised["knn"], 0.0)
+        for kind in HEALING_KINDS:
+            if kind in normalised:
+                normalised[kind] = np.minimum(normalised[kind], memory_evidence)
+    combined = np.asarray(sum(weights[kind] * normalised[kind] for kind in used), dtype=np.float32)
     if blur_sigma > 0:
         combined = cv2.GaussianBlur(combined, (0, 0), sigmaX=blur_sigma, sigmaY=blur_sigma)
     return combined

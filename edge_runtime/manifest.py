@@ -22,7 +22,12 @@ from edge_runtime.calibration import Calibration
 from edge_runtime.config_errors import describe_problems
 from edge_runtime.preprocess import ColorMode
 from edge_runtime.schedule import DiffusionSchedule
-from edge_runtime.settings import InspectionSettings, StrictModel, scored_by_maximum_if_older
+from edge_runtime.settings import (
+    InspectionSettings,
+    StrictModel,
+    fused_by_sum_if_older,
+    scored_by_maximum_if_older,
+)
 from edge_runtime.severity import SeverityBins
 from edge_runtime.versions import version_problem
 
@@ -38,12 +43,16 @@ from edge_runtime.versions import version_problem
 # 6: a two-scale memory may carry each scale's typical distance (`typical_distance` in its memory.json), the unit the
 #    scales are joined in. A device that knows only 1-5 would join them unscaled and fail the reference images; it
 #    now says "unknown schema".
-SCHEMA_VERSION = 6
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3, 4, 5, 6})
+# 7: inspection.fusion; "capped" lets the healing maps add at most the KNN map's evidence. A device that knows only
+#    1-6 would sum the maps against a threshold set on capped ones; it now says "unknown schema". Bundles of versions
+#    1-6 summed their maps and still do: the key is "sum" for them when absent.
+SCHEMA_VERSION = 7
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3, 4, 5, 6, 7})
 FIRST_BOUND_SCHEMA = 3
 FIRST_TOP_FRACTION_SCHEMA = 4
 FIRST_COARSE_MEMORY_SCHEMA = 5
 FIRST_SCALE_UNITS_SCHEMA = 6
+FIRST_CAPPED_FUSION_SCHEMA = 7
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
@@ -254,13 +263,18 @@ class Manifest(_Spec):
 
     @model_validator(mode="before")
     @classmethod
-    def _scored_by_maximum_before_schema_4(cls, raw: Any) -> Any:
+    def _older_inspection_defaults(cls, raw: Any) -> Any:
         if not isinstance(raw, dict) or not isinstance(raw.get("inspection"), dict):
             return raw
         version = raw.get("schema_version", SCHEMA_VERSION)
-        if isinstance(version, int) and version < FIRST_TOP_FRACTION_SCHEMA:
-            return raw | {"inspection": scored_by_maximum_if_older(raw["inspection"])}
-        return raw
+        if not isinstance(version, int):
+            return raw
+        inspection = raw["inspection"]
+        if version < FIRST_TOP_FRACTION_SCHEMA:
+            inspection = scored_by_maximum_if_older(inspection)
+        if version < FIRST_CAPPED_FUSION_SCHEMA:
+            inspection = fused_by_sum_if_older(inspection)
+        return raw | {"inspection": inspection}
 
     @field_validator("schema_version")
     @classmethod

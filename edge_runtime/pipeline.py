@@ -120,7 +120,8 @@ class InspectionPipeline:
         return calibration.map_weights or self.settings.map_weights.as_dict()
 
     def anomaly_map(self, raw: RawMaps, calibration: Calibration) -> np.ndarray:
-        return fuse_maps(raw.maps, calibration.map_stats, self.fused_weights(calibration), self.settings.blur_sigma)
+        weights = self.fused_weights(calibration)
+        return fuse_maps(raw.maps, calibration.map_stats, weights, self.settings.blur_sigma, self.settings.fusion)
 
     def inspect(self, image: np.ndarray, calibration: Calibration) -> InspectionResult:
         timer = StageTimer()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edge_runtime.anomaly_map import FusionRule
+
 
 class StrictModel(BaseModel):
     """Unknown keys are an error, not silently ignored."""
@@ -51,6 +53,9 @@ class InspectionSettings(StrictModel):
     score_top_fraction: float = Field(
         0.01, ge=0.0, lt=1.0, description="image score = mean of this share of the map's highest pixels; 0 = max"
     )
+    # The healing maps count only where the memory also finds the pixel unusual: better image AUROC, recall and false
+    # alarms on both example sets, maps level (docs/RESULTS.md). Bundles and runs made before keep the plain sum.
+    fusion: FusionRule = Field("capped", description="capped: healing maps add at most the KNN map's evidence; sum")
     severity_bins: int = Field(10, ge=2, le=100)
     noise_seed: int = 0
 
@@ -59,3 +64,9 @@ def scored_by_maximum_if_older(raw_inspection: dict) -> dict:
     """Raw inspection settings written before `score_top_fraction` existed, made to keep scoring by the maximum:
     their thresholds were set on maximum scores, and today's default would shift every score."""
     return {"score_top_fraction": 0.0} | raw_inspection
+
+
+def fused_by_sum_if_older(raw_inspection: dict) -> dict:
+    """Raw inspection settings written before `fusion` existed, made to keep the plain sum of the maps their
+    thresholds were set on."""
+    return {"fusion": "sum"} | raw_inspection

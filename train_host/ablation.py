@@ -27,6 +27,7 @@ ABLATIONS = (
     ),
     Ablation("knn_only", "KNN patch map only", ("inspection.map_weights.latent=0", "inspection.map_weights.feature=0")),
     Ablation("reconstruction_only", "reconstruction maps only (no KNN map fused)", ("inspection.map_weights.knn=0",)),
+    Ablation("summed_maps", "maps summed, the healing not capped by the KNN map", ("inspection.fusion=sum",)),
     Ablation("steps_1", "1 denoising step", ("inspection.denoise_steps=1",)),
     Ablation("steps_4", "4 denoising steps", ("inspection.denoise_steps=4",)),
 )

@@ -39,7 +39,15 @@ def fit_calibration(
         synthetic = [pipeline.raw_maps(image, bins) for image in progress(defective, "calibration: synthetic maps")]
         settings = pipeline.settings
         weights, _ = choose_map_weights(
-            raws, synthetic, masks, stats, weights, settings.blur_sigma, settings.score_top_fraction, seed
+            raws,
+            synthetic,
+            masks,
+            stats,
+            weights,
+            settings.blur_sigma,
+            settings.score_top_fraction,
+            seed,
+            settings.fusion,
         )
     provisional = Calibration(
         bins=bins, map_stats=stats, image_threshold=np.inf, pixel_threshold=np.inf, map_weights=weights

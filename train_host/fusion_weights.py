@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_runtime.anomaly_map import MapStats, fuse_maps, image_scores
+from edge_runtime.anomaly_map import FusionRule, MapStats, fuse_maps, image_scores
 from edge_runtime.results import RawMaps
 from train_host import metrics
 from train_host.paired_bootstrap import (
@@ -46,10 +46,11 @@ def fusion_quality(
     blur_sigma: float,
     top_fraction: float,
     pixels: np.ndarray,
+    fusion: FusionRule,
 ) -> float:
     """Image AUROC (good against synthetic) plus pixel AUROC on the synthetic masks, at sampled pixels."""
-    fused_good = np.stack([fuse_maps(raw.maps, stats, weights, blur_sigma) for raw in good])
-    fused_defective = np.stack([fuse_maps(raw.maps, stats, weights, blur_sigma) for raw in defective])
+    fused_good = np.stack([fuse_maps(raw.maps, stats, weights, blur_sigma, fusion) for raw in good])
+    fused_defective = np.stack([fuse_maps(raw.maps, stats, weights, blur_sigma, fusion) for raw in defective])
     scores = np.concatenate([image_scores(fused, top_fraction) for fused in (fused_good, fused_defective)])
     labels = np.concatenate([np.zeros(len(good), bool), np.ones(len(defective), bool)])
     flat_maps, flat_masks = fused_defective.reshape(-1)[pixels], masks.reshape(-1)[pixels]
@@ -66,16 +67,17 @@ def choose_map_weights(
     blur_sigma: float,
     top_fraction: float,
     seed: int,
+    fusion: FusionRule,
 ) -> tuple[dict[str, float], float]:
     """The candidate that best separates synthetic defects from good parts, where it is surely better than the
     configured weights; otherwise the configured weights. `defective[i]` is a defect pasted on `good[i]`.
     Returns (weights, their quality)."""
     rng = np.random.default_rng(seed)
     pixels = rng.choice(masks.size, min(PIXEL_SAMPLE, masks.size), replace=False)
-    sureness = GainCheck(good, defective, masks, stats, configured, blur_sigma, top_fraction, seed)
+    sureness = GainCheck(good, defective, masks, stats, configured, blur_sigma, top_fraction, seed, fusion)
     best, best_quality = dict(configured), -np.inf
     for weights in candidate_weights(configured):
-        quality = fusion_quality(good, defective, masks, stats, weights, blur_sigma, top_fraction, pixels)
+        quality = fusion_quality(good, defective, masks, stats, weights, blur_sigma, top_fraction, pixels, fusion)
         if quality > best_quality + 1e-6 and (weights == configured or sureness.surely_better(weights)):
             best, best_quality = weights, quality
     return best, float(best_quality)
@@ -98,24 +100,25 @@ class GainCheck:
         blur_sigma: float,
         top_fraction: float,
         seed: int,
+        fusion: FusionRule,
     ) -> None:
         if len(good) != len(defective):
             raise ValueError(f"{len(defective)} synthetic defects for {len(good)} good images: they come in pairs")
         self.good, self.defective, self.stats = good, defective, stats
-        self.blur_sigma, self.top_fraction = blur_sigma, top_fraction
+        self.blur_sigma, self.top_fraction, self.fusion = blur_sigma, top_fraction, fusion
         self.labels = np.r_[np.zeros(len(good), bool), np.ones(len(defective), bool)]
         self.masks = np.concatenate([np.zeros_like(masks), masks])
         self.resamples = resample_weights(len(good), seed)
         self.configured_quality = self._quality_per_resample(configured)  # once, not per candidate
 
     def _quality_per_resample(self, weights: dict[str, float]) -> np.ndarray:
-        fused = np.stack([fuse_maps(raw.maps, self.stats, weights, self.blur_sigma) for raw in self.good])
-        fused = np.concatenate(
-            [fused, np.stack([fuse_maps(raw.maps, self.stats, weights, self.blur_sigma) for raw in self.defective])]
-        )
+        fused = np.stack([self._fuse(raw, weights) for raw in [*self.good, *self.defective]])
         counts = count_per_image(image_scores(fused, self.top_fraction), self.labels, fused, self.masks, self.labels)
         image, pixel = resampled_aurocs(_paired(counts, len(self.good)), self.resamples)
         return image + (pixel if pixel is not None else 0.0)
+
+    def _fuse(self, raw: RawMaps, weights: dict[str, float]) -> np.ndarray:
+        return fuse_maps(raw.maps, self.stats, weights, self.blur_sigma, self.fusion)
 
     def surely_better(self, candidate: dict[str, float]) -> bool:
         gains = self._quality_per_resample(candidate) - self.configured_quality

@@ -14,7 +14,7 @@ from edge_runtime.knn import KnnMemory
 from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.preprocess import channels_of
 from edge_runtime.schedule import DiffusionSchedule
-from edge_runtime.settings import InspectionSettings, scored_by_maximum_if_older
+from edge_runtime.settings import InspectionSettings, fused_by_sum_if_older, scored_by_maximum_if_older
 from train_host.autoencoder import Autoencoder
 from train_host.backbone import Backbone, knn_backbone, map_backbone
 from train_host.config import ConfigError, TrainConfig, parse_config, read_config_file
@@ -120,10 +120,11 @@ def build_pipeline(run: TrainedRun, settings: InspectionSettings, device: torch.
 def load_run_config(path: Path) -> TrainConfig:
     """The config a run was trained with. Runs made before `inspection.score_top_fraction` existed were
     calibrated on maximum scores, so for them the setting is 0 (the maximum), not today's default; runs made before
+    `inspection.fusion` existed were calibrated on summed maps and keep summing; runs made before
     `backbone.knn_coarse_stages` existed have none."""
     raw = read_config_file(path)
     if isinstance(raw, dict) and isinstance(raw.get("inspection"), dict):
-        raw["inspection"] = scored_by_maximum_if_older(raw["inspection"])
+        raw["inspection"] = fused_by_sum_if_older(scored_by_maximum_if_older(raw["inspection"]))
     if isinstance(raw, dict) and isinstance(raw.get("backbone"), dict):
         raw["backbone"] = one_memory_if_older(raw["backbone"])
     return parse_config(raw, str(path))

@@ -64,6 +64,23 @@ def test_fuse_weights_normalised_maps():
         fuse_maps(maps, stats, {"latent": 0.0, "feature": 0.0, "knn": 0.0}, blur_sigma=0)
 
 
+def test_capped_fusion_lets_healing_add_only_where_the_memory_sees_something():
+    stats = {kind: MapStats((0.0,), (1.0,)) for kind in ("latent", "knn")}
+    knn = np.array([[-1.0, 0.0, 0.5, 2.0]], np.float32)
+    latent = np.array([[3.0, 3.0, 3.0, 1.0]], np.float32)
+    weights = {"latent": 0.5, "knn": 1.0}
+    maps = {"latent": latent, "knn": knn}
+    capped = fuse_maps(maps, stats, weights, blur_sigma=0)  # the default rule
+    # The healing's difference adds at most the memory's own (non-negative) evidence at that pixel.
+    np.testing.assert_allclose(capped, knn + 0.5 * np.array([[0.0, 0.0, 0.5, 1.0]]))
+    np.testing.assert_allclose(fuse_maps(maps, stats, weights, 0, "sum"), knn + 0.5 * latent)
+    below = {"latent": -latent, "knn": knn}  # a healed image closer than usual still lowers the map
+    np.testing.assert_allclose(fuse_maps(below, stats, weights, 0), fuse_maps(below, stats, weights, 0, "sum"))
+    # Without a KNN map fused there is nothing to cap by: the maps are summed.
+    alone = {"latent": 0.85, "feature": 0.0, "knn": 0.0}
+    np.testing.assert_allclose(fuse_maps(maps, stats, alone, 0), fuse_maps(maps, stats, alone, 0, "sum"))
+
+
 def test_image_score_is_the_mean_of_the_highest_pixels_or_the_maximum() -> None:
     maps = np.random.default_rng(3).normal(size=(5, 40, 50)).astype(np.float32)
     by_sorting = np.sort(maps.reshape(5, -1), axis=1)[:, -20:].mean(axis=1)  # 1 % of 2,000 pixels

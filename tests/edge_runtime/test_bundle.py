@@ -283,7 +283,7 @@ def test_unknown_schema_version(tmp_path: Path, key: Ed25519PrivateKey, keys: li
     manifest = {**manifest_dict(PAYLOAD), "schema_version": 99, "future_field": True}
     archive = write_archive(tmp_path / "future.tar", key, manifest=encode(manifest))
     message = reject(archive, keys, "unknown_schema")
-    assert "99" in message and "[1, 2, 3, 4, 5, 6]" in message
+    assert "99" in message and "[1, 2, 3, 4, 5, 6, 7]" in message
 
 
 def test_missing_required_field(tmp_path: Path, key: Ed25519PrivateKey, keys: list) -> None:
@@ -699,6 +699,20 @@ def test_schema_4_scores_by_top_fraction_and_older_schemas_keep_the_maximum(
         loaded = verify_bundle(write_archive(tmp_path / f"v{schema}.tar", key, manifest=encode(raw)), keys)
         assert loaded.manifest.inspection.score_top_fraction == expected
     assert InspectionSettings().score_top_fraction > 0.0
+
+
+# Schema 7: the healing maps capped by the KNN map's evidence
+
+
+def test_schema_7_caps_the_healing_maps_and_older_schemas_keep_the_sum(
+    tmp_path: Path, key: Ed25519PrivateKey, keys: list
+) -> None:
+    inspection = {k: v for k, v in InspectionSettings().model_dump(mode="json").items() if k != "fusion"}
+    for schema, expected in ((6, "sum"), (7, "capped")):
+        raw = {**manifest_dict(PAYLOAD), "schema_version": schema, "model_version": "2.0.0", "inspection": inspection}
+        loaded = verify_bundle(write_archive(tmp_path / f"v{schema}.tar", key, manifest=encode(raw)), keys)
+        assert loaded.manifest.inspection.fusion == expected
+    assert InspectionSettings().fusion == "capped"
 
 
 # Schema 5: a coarse memory beside the fine one

@@ -35,7 +35,8 @@ def test_a_map_that_only_adds_noise_is_dropped_and_the_informative_one_kept():
     good = [raw(maps(None)) for _ in range(24)]
     defective = [raw(maps(mask)) for mask in masks]
     stats = {"knn": MapStats((0.0,), (1.0,), 0), "latent": MapStats((0.0,), (1.0,), 0)}
-    weights, quality = choose_map_weights(good, defective, masks, stats, {"latent": 1.0, "knn": 1.0}, 1.0, 0.0, seed=0)
+    configured = {"latent": 1.0, "knn": 1.0}
+    weights, quality = choose_map_weights(good, defective, masks, stats, configured, 1.0, 0.0, 0, "sum")
     assert weights["latent"] == 0.0 and weights["knn"] > 0.0
     assert quality > 1.9  # both AUROCs near 1 once the noise is gone
 
@@ -58,11 +59,11 @@ def test_the_configured_weights_stay_when_no_candidate_is_surely_better():
     stats = {"knn": MapStats((0.0,), (1.0,), 0), "latent": MapStats((0.0,), (1.0,), 0)}
     configured = {"latent": 1.0, "knn": 1.0}
     qualities = [
-        fusion_quality(good, defective, masks, stats, w, 1.0, 0.0, np.arange(masks.size))
+        fusion_quality(good, defective, masks, stats, w, 1.0, 0.0, np.arange(masks.size), "sum")
         for w in candidate_weights(configured)
     ]
     assert max(qualities) > qualities[0]  # some candidate scores higher by chance on this set...
-    weights, _ = choose_map_weights(good, defective, masks, stats, configured, 1.0, 0.0, seed=0)
+    weights, _ = choose_map_weights(good, defective, masks, stats, configured, 1.0, 0.0, 0, "sum")
     assert weights == configured  # ...but not surely, so the configured weights stay
 
 
@@ -70,7 +71,8 @@ def test_defects_and_goods_must_come_in_pairs():
     good = [raw({"knn": np.zeros(SIZE, np.float32)})] * 3
     masks = np.ones((2, *SIZE), bool)
     with pytest.raises(ValueError, match="2 synthetic defects for 3 good images"):
-        choose_map_weights(good, good[:2], masks, {"knn": MapStats((0.0,), (1.0,), 0)}, {"knn": 1.0}, 1.0, 0.0, 0)
+        stats = {"knn": MapStats((0.0,), (1.0,), 0)}
+        choose_map_weights(good, good[:2], masks, stats, {"knn": 1.0}, 1.0, 0.0, 0, "sum")
 
 
 def test_calibration_keeps_the_configured_weights_unless_asked_to_choose(tiny_run):

@@ -21,6 +21,15 @@ def test_a_run_stored_before_the_top_fraction_scores_by_the_maximum(tmp_path: Pa
     assert load_run_config(path).inspection.score_top_fraction == 0.0
 
 
+def test_a_run_stored_before_the_capped_fusion_keeps_summing_its_maps(tmp_path: Path) -> None:
+    stored = yaml.safe_load(config_to_yaml(parse_config(CONFIG, "test")))
+    del stored["inspection"]["fusion"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(stored))
+    assert load_run_config(path).inspection.fusion == "sum"
+    assert parse_config(CONFIG, "test").inspection.fusion == "capped"
+
+
 def test_a_run_stored_with_the_top_fraction_keeps_it(tmp_path: Path) -> None:
     config = parse_config(CONFIG, "test")
     path = tmp_path / "config.yaml"
