@@ -142,7 +142,9 @@ def _recall(play: dict[int, dict]) -> float:
 
 # Teaching one good part may move at most one of the conveyor's defects across the threshold (with a little room
 # for the rounding of a fraction of 50).
-ONE_DEFECT = 1.0 / (len(DEFECT_TYPES) * DEFECTS_PER_TYPE) + 1e-9
+# Teaching one good look may cost the line a defect or two that look like it: the healing maps add only where the
+# memory finds a patch unusual (inspection.fusion: capped), so what the overlay teaches the memory lowers them too.
+TWO_DEFECTS = 2.0 / (len(DEFECT_TYPES) * DEFECTS_PER_TYPE) + 1e-9
 
 
 def _reply(listener, command: str, number: int, timeout: float = 20) -> dict:
@@ -197,7 +199,7 @@ def test_a_flagged_good_part_marked_good_passes_after_a_restart_too_and_undo_bri
     passed = second[0]
     assert passed["verdict"] == "good" and passed["score"] < threshold
     recall_before, recall_after = _recall(first), _recall(second)
-    assert abs(recall_after - recall_before) <= ONE_DEFECT
+    assert abs(recall_after - recall_before) <= TWO_DEFECTS
     assert recall_before == pytest.approx(line["direct_recall"])
     status = listener.payloads("/status")[-1]
     assert status["overlay"]["vectors"] == learned["vectors_added"]
@@ -217,7 +219,7 @@ def test_a_flagged_good_part_marked_good_passes_after_a_restart_too_and_undo_bri
     after_restart = _wait_for_pass(listener, count, 1)
     assert after_restart[0]["verdict"] == "good"
     assert after_restart[0]["score"] == pytest.approx(passed["score"], rel=1e-3, abs=1e-4)
-    assert abs(_recall(after_restart) - recall_before) <= ONE_DEFECT
+    assert abs(_recall(after_restart) - recall_before) <= TWO_DEFECTS
 
     _send(listener, "feedback/undo", {"feedback_id": learned["feedback_id"]})
     undone = _reply(listener, "feedback/undo", 1)
