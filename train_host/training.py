@@ -4,6 +4,7 @@ Each step saves its output in the run folder; running again resumes after the la
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -118,18 +119,23 @@ def train(config: TrainConfig, out: Path) -> RunPaths:
     if config.adaptation.enabled:
         log.run("adaptation", paths.adapted_backbone.is_file(), fit_adaptation)
 
+    @functools.cache
+    def holdout_images() -> np.ndarray:
+        # Loaded once for the memory's units and the calibration, and not at all when both steps are done.
+        return load_images(holdout_paths, config)
+
     def fit_memory() -> None:
         frozen = knn_backbone(config.backbone, size).to(device)
         fine_stages = config.backbone.fine_stage_count(size)
         memory = build_memory(frozen, images, config.memory, device, config.seed, fine_stages)
-        measure_typical_distances(memory, frozen, load_images(holdout_paths, config), device)
+        measure_typical_distances(memory, frozen, holdout_images(), device)
         memory.save(paths.memory)
 
     log.run("memory", (paths.memory / "memory.json").is_file(), fit_memory)
 
     def calibrate() -> None:
         pipeline = build_pipeline(load_run(paths.root, require_calibration=False), config.inspection, device)
-        calibration = fit_calibration(pipeline, load_images(holdout_paths, config), config.calibration, config.seed)
+        calibration = fit_calibration(pipeline, holdout_images(), config.calibration, config.seed)
         paths.calibration.write_text(json.dumps(calibration.to_dict(), indent=2))
 
     log.run("calibration", paths.calibration.is_file(), calibrate)
