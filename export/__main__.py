@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from edge_runtime.bundle import BundleError
+from export import gate_defaults
 from export.push import PushError
 from train_host.config import ConfigError
 
@@ -42,15 +43,27 @@ def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
         "precision gate of --precision auto: largest drop against FP32 allowed (the drop measured on the gate set "
         "may use half of it, its upper confidence bound all of it) for"
     )
-    bundle.add_argument("--max-auroc-drop", type=_allowance, default=0.01, help=f"{gate} image AUROC")
-    bundle.add_argument("--max-pixel-auroc-drop", type=_allowance, default=0.01, help=f"{gate} pixel AUROC")
-    bundle.add_argument("--max-aupro-drop", type=_allowance, default=0.01, help=f"{gate} AUPRO")
-    bundle.add_argument("--gate-images-per-type", type=_positive, default=10, help="labelled test images in the gate")
-    bundle.add_argument("--gate-good-images", type=_positive, default=128, help="held-out goods in the gate, at most")
+    bundle.add_argument("--max-auroc-drop", type=_allowance, default=gate_defaults.MAX_DROP, help=f"{gate} image AUROC")
+    bundle.add_argument(
+        "--max-pixel-auroc-drop", type=_allowance, default=gate_defaults.MAX_DROP, help=f"{gate} pixel AUROC"
+    )
+    bundle.add_argument("--max-aupro-drop", type=_allowance, default=gate_defaults.MAX_DROP, help=f"{gate} AUPRO")
+    bundle.add_argument(
+        "--gate-images-per-type",
+        type=_positive,
+        default=gate_defaults.IMAGES_PER_TYPE,
+        help="labelled test images in the gate",
+    )
+    bundle.add_argument(
+        "--gate-good-images",
+        type=_positive,
+        default=gate_defaults.GOOD_IMAGES,
+        help="held-out goods in the gate, at most",
+    )
     bundle.add_argument(
         "--gate-defects-per-good",
         type=_positive,
-        default=3,
+        default=gate_defaults.DEFECTS_PER_GOOD,
         help="synthetic defects made from each held-out good in the gate, each of another kind",
     )
     bundle.add_argument(

@@ -31,6 +31,7 @@ from edge_runtime.openvino_networks import NETWORK_NAMES
 from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.preprocess import preprocess, to_uint8_image
 from edge_runtime.versions import version_problem
+from export import gate_defaults
 from export.convert import (
     DecoderGraph,
     DenoiserGraph,
@@ -65,16 +66,13 @@ PrecisionChoice = Literal["auto", "int8", "fp16", "fp32"]
 class ExportOptions:
     model_version: str
     precision: PrecisionChoice = "auto"
-    max_auroc_drop: float = 0.01
-    max_pixel_auroc_drop: float = 0.01
-    max_aupro_drop: float = 0.01
+    max_auroc_drop: float = gate_defaults.MAX_DROP
+    max_pixel_auroc_drop: float = gate_defaults.MAX_DROP
+    max_aupro_drop: float = gate_defaults.MAX_DROP
     calibration_images: int = 32
-    gate_images_per_type: int = 10
-    # Every held-out good up to 128, three synthetic defects from each: with 64 goods and one defect each, the
-    # upper bound of an image AUROC drop sat 0.007 above the drop itself on magnetic_tile, enough to turn a network
-    # that costs 0.002 on the test images back to FP16 (docs/RESULTS.md).
-    gate_good_images: int | None = 128
-    gate_defects_per_good: int = 3
+    gate_images_per_type: int = gate_defaults.IMAGES_PER_TYPE
+    gate_good_images: int | None = gate_defaults.GOOD_IMAGES
+    gate_defects_per_good: int = gate_defaults.DEFECTS_PER_GOOD
     reference_images: int = 3
     search_ef: int | None = None  # HNSW ef the device searches with; None keeps the run's
     product: str | None = None  # with device_class: the devices (bundle.product, bundle.device_class) it is for
