@@ -121,7 +121,7 @@ def fuse_maps(
     stats: Mapping[str, MapStats],
     weights: Mapping[str, float],
     blur_sigma: float,
-    fusion: FusionRule = "capped",
+    fusion: FusionRule,
 ) -> np.ndarray:
     """Weighted sum of normalised maps, then Gaussian smoothing.
 

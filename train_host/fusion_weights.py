@@ -37,6 +37,17 @@ def candidate_weights(configured: dict[str, float]) -> list[dict[str, float]]:
     return candidates
 
 
+def fuse_all(
+    raws: Sequence[RawMaps],
+    stats: dict[str, MapStats],
+    weights: dict[str, float],
+    blur_sigma: float,
+    fusion: FusionRule,
+) -> np.ndarray:
+    """The fused maps of many images (N x H x W), fused with the same weights and rule."""
+    return np.stack([fuse_maps(raw.maps, stats, weights, blur_sigma, fusion) for raw in raws])
+
+
 def fusion_quality(
     good: Sequence[RawMaps],
     defective: Sequence[RawMaps],
@@ -49,8 +60,8 @@ def fusion_quality(
     fusion: FusionRule,
 ) -> float:
     """Image AUROC (good against synthetic) plus pixel AUROC on the synthetic masks, at sampled pixels."""
-    fused_good = np.stack([fuse_maps(raw.maps, stats, weights, blur_sigma, fusion) for raw in good])
-    fused_defective = np.stack([fuse_maps(raw.maps, stats, weights, blur_sigma, fusion) for raw in defective])
+    fused_good = fuse_all(good, stats, weights, blur_sigma, fusion)
+    fused_defective = fuse_all(defective, stats, weights, blur_sigma, fusion)
     scores = np.concatenate([image_scores(fused, top_fraction) for fused in (fused_good, fused_defective)])
     labels = np.concatenate([np.zeros(len(good), bool), np.ones(len(defective), bool)])
     flat_maps, flat_masks = fused_defective.reshape(-1)[pixels], masks.reshape(-1)[pixels]
@@ -112,13 +123,10 @@ class GainCheck:
         self.configured_quality = self._quality_per_resample(configured)  # once, not per candidate
 
     def _quality_per_resample(self, weights: dict[str, float]) -> np.ndarray:
-        fused = np.stack([self._fuse(raw, weights) for raw in [*self.good, *self.defective]])
+        fused = fuse_all([*self.good, *self.defective], self.stats, weights, self.blur_sigma, self.fusion)
         counts = count_per_image(image_scores(fused, self.top_fraction), self.labels, fused, self.masks, self.labels)
         image, pixel = resampled_aurocs(_paired(counts, len(self.good)), self.resamples)
         return image + (pixel if pixel is not None else 0.0)
-
-    def _fuse(self, raw: RawMaps, weights: dict[str, float]) -> np.ndarray:
-        return fuse_maps(raw.maps, self.stats, weights, self.blur_sigma, self.fusion)
 
     def surely_better(self, candidate: dict[str, float]) -> bool:
         gains = self._quality_per_resample(candidate) - self.configured_quality

@@ -58,10 +58,10 @@ def test_edge_bands_are_measured_apart_so_a_noisy_edge_does_not_outscore_the_int
 def test_fuse_weights_normalised_maps():
     maps = {"latent": np.full((4, 4), 3.0), "feature": np.full((4, 4), 5.0), "knn": np.full((4, 4), 100.0)}
     stats = {"latent": MapStats((1.0,), (2.0,)), "feature": MapStats((1.0,), (4.0,)), "knn": MapStats((0.0,), (1.0,))}
-    fused = fuse_maps(maps, stats, {"latent": 0.85, "feature": 0.15, "knn": 0.0}, blur_sigma=0)
+    fused = fuse_maps(maps, stats, {"latent": 0.85, "feature": 0.15, "knn": 0.0}, 0, "capped")
     np.testing.assert_allclose(fused, 0.85 * 1.0 + 0.15 * 1.0)
     with pytest.raises(ValueError, match="at least one map weight"):
-        fuse_maps(maps, stats, {"latent": 0.0, "feature": 0.0, "knn": 0.0}, blur_sigma=0)
+        fuse_maps(maps, stats, {"latent": 0.0, "feature": 0.0, "knn": 0.0}, 0, "capped")
 
 
 def test_capped_fusion_lets_healing_add_only_where_the_memory_sees_something():
@@ -70,15 +70,17 @@ def test_capped_fusion_lets_healing_add_only_where_the_memory_sees_something():
     latent = np.array([[3.0, 3.0, 3.0, 1.0]], np.float32)
     weights = {"latent": 0.5, "knn": 1.0}
     maps = {"latent": latent, "knn": knn}
-    capped = fuse_maps(maps, stats, weights, blur_sigma=0)  # the default rule
+    capped = fuse_maps(maps, stats, weights, 0, "capped")
     # The healing's difference adds at most the memory's own (non-negative) evidence at that pixel.
     np.testing.assert_allclose(capped, knn + 0.5 * np.array([[0.0, 0.0, 0.5, 1.0]]))
     np.testing.assert_allclose(fuse_maps(maps, stats, weights, 0, "sum"), knn + 0.5 * latent)
     below = {"latent": -latent, "knn": knn}  # a healed image closer than usual still lowers the map
-    np.testing.assert_allclose(fuse_maps(below, stats, weights, 0), fuse_maps(below, stats, weights, 0, "sum"))
+    np.testing.assert_allclose(
+        fuse_maps(below, stats, weights, 0, "capped"), fuse_maps(below, stats, weights, 0, "sum")
+    )
     # Without a KNN map fused there is nothing to cap by: the maps are summed.
     alone = {"latent": 0.85, "feature": 0.0, "knn": 0.0}
-    np.testing.assert_allclose(fuse_maps(maps, stats, alone, 0), fuse_maps(maps, stats, alone, 0, "sum"))
+    np.testing.assert_allclose(fuse_maps(maps, stats, alone, 0, "capped"), fuse_maps(maps, stats, alone, 0, "sum"))
 
 
 def test_image_score_is_the_mean_of_the_highest_pixels_or_the_maximum() -> None:
