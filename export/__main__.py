@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_runtime.bundle import BundleError
 from export import gate_defaults
 from export.push import PushError
 from train_host.config import ConfigError
+
+if TYPE_CHECKING:
+    from export.builder import ExportOptions
 
 
 def _allowance(text: str) -> float:
@@ -133,6 +137,25 @@ def main(argv: list[str] | None = None) -> int:
     return dispatch(build_parser().parse_args(argv))
 
 
+def export_options(args: argparse.Namespace) -> ExportOptions:
+    """The builder's options from the `bundle` command's arguments."""
+    from export.builder import ExportOptions  # imports torch and OpenVINO: only when a bundle is built
+
+    return ExportOptions(
+        model_version=args.model_version,
+        precision=args.precision,
+        max_auroc_drop=args.max_auroc_drop,
+        max_pixel_auroc_drop=args.max_pixel_auroc_drop,
+        max_aupro_drop=args.max_aupro_drop,
+        gate_images_per_type=args.gate_images_per_type,
+        gate_good_images=args.gate_good_images,
+        gate_defects_per_good=args.gate_defects_per_good,
+        search_ef=args.search_ef,
+        product=args.product,
+        device_class=args.device_class,
+    )
+
+
 def dispatch(args: argparse.Namespace) -> int:
     """Run the parsed command; `d3ad` parses with its own program name and calls this too."""
     try:
@@ -152,22 +175,9 @@ def dispatch(args: argparse.Namespace) -> int:
             generate_keypair(private, public)
             print(f"private key: {private}\npublic key:  {public} (install this one on devices)")
         else:
-            from export.builder import ExportOptions, build_bundle
+            from export.builder import build_bundle
 
-            options = ExportOptions(
-                model_version=args.model_version,
-                precision=args.precision,
-                max_auroc_drop=args.max_auroc_drop,
-                max_pixel_auroc_drop=args.max_pixel_auroc_drop,
-                max_aupro_drop=args.max_aupro_drop,
-                gate_images_per_type=args.gate_images_per_type,
-                gate_good_images=args.gate_good_images,
-                gate_defects_per_good=args.gate_defects_per_good,
-                search_ef=args.search_ef,
-                product=args.product,
-                device_class=args.device_class,
-            )
-            manifest = build_bundle(args.run, args.out, args.sign_key, options)
+            manifest = build_bundle(args.run, args.out, args.sign_key, export_options(args))
             precisions = ", ".join(f"{n}={s.precision}" for n, s in manifest.networks.items())
             target = f"for {manifest.target.product}/{manifest.target.device_class}" if manifest.target else "unbound"
             print(f"bundle: {args.out} (model {manifest.model_version}, {target}; {precisions})")

@@ -156,20 +156,11 @@ def test_export_cli_binds_the_bundle_to_a_product_and_needs_an_orderable_version
     assert (gate_set["held_out_goods"], gate_set["synthetic_defects"]) == (4, 8)
 
 
-def test_the_command_line_exports_with_the_builders_own_gate_defaults():
-    from export.__main__ import build_parser
+def test_the_command_line_exports_with_the_builders_own_defaults():
+    from export.__main__ import build_parser, export_options
     from export.builder import ExportOptions
 
     args = build_parser().parse_args(
         ["bundle", "--run", "r", "--out", "b.tar", "--sign-key", "k.pem", "--model-version", "1.0.0"]
     )
-    given = ExportOptions(
-        model_version="1.0.0",
-        max_auroc_drop=args.max_auroc_drop,
-        max_pixel_auroc_drop=args.max_pixel_auroc_drop,
-        max_aupro_drop=args.max_aupro_drop,
-        gate_images_per_type=args.gate_images_per_type,
-        gate_good_images=args.gate_good_images,
-        gate_defects_per_good=args.gate_defects_per_good,
-    )
-    assert given == ExportOptions(model_version="1.0.0")
+    assert export_options(args) == ExportOptions(model_version="1.0.0")
