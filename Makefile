@@ -58,16 +58,21 @@ BENCH_RUN ?= runs/magnetic_tile
 BENCH_IMAGES ?= ../shared/datasets/magnetic_tile/test
 BENCH_OUT ?= docs/bench
 BENCH_KEY := keys/bench
+# The run's bundles, exported again whenever the run was calibrated after them (so a new or retrained run is never
+# measured through another run's bundles).
+BENCH_BUNDLES = bundles/bench/$(notdir $(BENCH_RUN))
 bench: setup
 	@[ -f $(BENCH_RUN)/calibration.json ] || $(PY) -m train_host train --config configs/train/magnetic_tile.yaml --out $(BENCH_RUN) --no-evaluate
 	@[ -f $(BENCH_KEY).pem ] || $(PY) -m export keygen --out $(BENCH_KEY)
+	@mkdir -p $(BENCH_BUNDLES)
 	@for p in int8 auto fp32; do \
-		[ -f bundles/bench-$$p.tar ] || $(PY) -m export bundle --run $(BENCH_RUN) --out bundles/bench-$$p.tar \
-			--sign-key $(BENCH_KEY).pem --model-version 0.0.0+bench.$$p --precision $$p || exit 1; \
-		$(PY) -m edge_runtime bench --bundle bundles/bench-$$p.tar --trusted-key $(BENCH_KEY).pub.pem \
+		[ $(BENCH_BUNDLES)/$$p.tar -nt $(BENCH_RUN)/calibration.json ] || $(PY) -m export bundle --run $(BENCH_RUN) \
+			--out $(BENCH_BUNDLES)/$$p.tar --sign-key $(BENCH_KEY).pem --model-version 0.0.0+bench.$$p --precision $$p \
+			|| exit 1; \
+		$(PY) -m edge_runtime bench --bundle $(BENCH_BUNDLES)/$$p.tar --trusted-key $(BENCH_KEY).pub.pem \
 			--images $(BENCH_IMAGES) --out $(BENCH_OUT)/openvino-$$p.json || exit 1; \
 	done
-	$(PY) -m edge_runtime bench --bundle bundles/bench-auto.tar --trusted-key $(BENCH_KEY).pub.pem \
+	$(PY) -m edge_runtime bench --bundle $(BENCH_BUNDLES)/auto.tar --trusted-key $(BENCH_KEY).pub.pem \
 		--images $(BENCH_IMAGES) --memory-only --out $(BENCH_OUT)/openvino-memory-only.json
 	$(PY) -m train_host bench --run $(BENCH_RUN) --images $(BENCH_IMAGES) --out $(BENCH_OUT)/torch-fp32.json
 	$(PY) -m edge_runtime bench-compare $(BENCH_OUT)/openvino-auto.json $(BENCH_OUT)/openvino-int8.json \
