@@ -43,6 +43,9 @@ class Inspector:
         self.memory.use_threads(self.compiled.options.search_threads())
         self.pipeline = self.new_pipeline()
         self.calibration = manifest.calibration.to_calibration()
+        # Compiled now, so that a network that cannot run fails the load, not a frame; the rest stay uncompiled.
+        for name in self.pipeline.used_networks(self.calibration):
+            self.compiled.model(name)
         self.size = (manifest.input.height, manifest.input.width)
         self.color = manifest.input.color
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -50,44 +51,66 @@ def make_core(options: RuntimeOptions) -> ov.Core:
 
 
 class CompiledNetworks:
-    """The five networks compiled once; each `OpenVinoNetworks` made from it has its own infer requests,
-    so several frames can be in flight at once (OpenVINO releases the GIL while it infers)."""
+    """The five networks, each compiled the first time a frame needs it and kept from then on. A bundle whose
+    fusion weighs no feature map never compiles the map backbone and the decoder: about 40 MB less resident memory
+    for a 256 px model (docs/BENCHMARKS.md). Each `OpenVinoNetworks` made from it has its own infer requests, so
+    several frames can be in flight at once (OpenVINO releases the GIL while it infers)."""
 
     def __init__(self, model_files: dict[str, Path], options: RuntimeOptions | None = None) -> None:
         missing = [name for name in NETWORK_NAMES if name not in model_files]
         if missing:
             raise ValueError(f"model files missing for networks: {', '.join(missing)}")
+        self.model_files = model_files
         self.options = options or RuntimeOptions()
-        core = make_core(self.options)
-        config = self.options.compile_config()
-        self.models = {
-            name: core.compile_model(str(model_files[name]), self.options.device, config) for name in NETWORK_NAMES
-        }
+        self._core = make_core(self.options)
+        self._models: dict[str, ov.CompiledModel] = {}
+        self._lock = threading.Lock()  # worker threads may ask for the same network at once
+
+    def model(self, name: str) -> ov.CompiledModel:
+        """The network compiled for this device, compiled now if no frame has needed it yet."""
+        with self._lock:
+            if name not in self._models:
+                self._models[name] = self._core.compile_model(
+                    str(self.model_files[name]), self.options.device, self.options.compile_config()
+                )
+            return self._models[name]
+
+    def compiled_names(self) -> list[str]:
+        """The networks compiled so far."""
+        with self._lock:
+            return sorted(self._models)
 
     def optimal_requests(self) -> int:
-        """How many requests in flight OpenVINO recommends for this device and hint."""
-        return max(int(model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) for model in self.models.values())
+        """How many requests in flight OpenVINO recommends for this device and hint (asked of the KNN backbone,
+        which every frame runs)."""
+        return int(self.model("knn_backbone").get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 
     def worker(self) -> OpenVinoNetworks:
         return OpenVinoNetworks(self)
 
 
 class OpenVinoNetworks:
-    """Implements `InspectionNetworks` with one infer request per network (use one per thread)."""
+    """Implements `InspectionNetworks` with one infer request per network (use one per thread), each made the
+    first time its network runs."""
 
     def __init__(self, compiled: CompiledNetworks) -> None:
-        self.compiled = compiled.models
-        self.requests = {name: model.create_infer_request() for name, model in self.compiled.items()}
+        self.compiled = compiled
+        self.requests: dict[str, ov.InferRequest] = {}
+
+    def _request(self, name: str) -> ov.InferRequest:
+        if name not in self.requests:
+            self.requests[name] = self.compiled.model(name).create_infer_request()
+        return self.requests[name]
 
     @classmethod
     def from_files(cls, model_files: dict[str, Path], options: RuntimeOptions | None = None) -> OpenVinoNetworks:
         return cls(CompiledNetworks(model_files, options))
 
     def _run(self, name: str, *inputs: np.ndarray) -> list[np.ndarray]:
-        request = self.requests[name]
+        request = self._request(name)
         request.infer({i: value for i, value in enumerate(inputs)})
         # Copies: the request reuses its output buffers on the next call.
-        return [request.get_output_tensor(i).data[0].copy() for i in range(len(self.compiled[name].outputs))]
+        return [request.get_output_tensor(i).data[0].copy() for i in range(len(request.model_outputs))]
 
     @staticmethod
     def _batch(array: np.ndarray) -> np.ndarray:

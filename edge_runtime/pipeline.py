@@ -20,6 +20,13 @@ from edge_runtime.schedule import DiffusionSchedule
 from edge_runtime.settings import InspectionSettings
 from edge_runtime.severity import SeverityBins, noise_timestep
 
+# The networks each map needs beyond the KNN backbone, which every frame runs (its severity picks the noise level).
+NETWORKS_OF_MAP = {
+    "knn": (),
+    "latent": ("encoder", "denoiser"),
+    "feature": ("encoder", "denoiser", "decoder", "map_backbone"),
+}
+
 
 class StageTimer:
     """Wall-clock milliseconds per named stage of one inspection."""
@@ -119,6 +126,15 @@ class InspectionPipeline:
     def fused_weights(self, calibration: Calibration) -> dict[str, float]:
         return calibration.map_weights or self.settings.map_weights.as_dict()
 
+    def used_maps(self, calibration: Calibration) -> list[str]:
+        """The maps the fusion weighs; a map of weight zero is not computed at all."""
+        return [kind for kind, weight in self.fused_weights(calibration).items() if weight > 0.0]
+
+    def used_networks(self, calibration: Calibration) -> list[str]:
+        """The networks a frame runs with this calibration's fusion weights."""
+        names = {"knn_backbone"}.union(*(NETWORKS_OF_MAP[kind] for kind in self.used_maps(calibration)))
+        return sorted(names)
+
     def anomaly_map(self, raw: RawMaps, calibration: Calibration) -> np.ndarray:
         weights = self.fused_weights(calibration)
         return fuse_maps(raw.maps, calibration.map_stats, weights, self.settings.blur_sigma, self.settings.fusion)
@@ -126,9 +142,7 @@ class InspectionPipeline:
     def inspect(self, image: np.ndarray, calibration: Calibration) -> InspectionResult:
         timer = StageTimer()
         start = time.perf_counter()
-        # Only the maps the fusion weighs are computed: a zero weight saves its networks' time.
-        used = [kind for kind, weight in self.fused_weights(calibration).items() if weight > 0.0]
-        raw = self.raw_maps(image, calibration.bins, timer, kinds=used)
+        raw = self.raw_maps(image, calibration.bins, timer, kinds=self.used_maps(calibration))
         with timer.stage("fuse"):
             combined = self.anomaly_map(raw, calibration)
             score = image_score(combined, self.settings.score_top_fraction)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from edge_runtime.bench import measure_latency
+from edge_runtime.bench import measure_latency, memory_only
 from edge_runtime.inspector import Inspector, InspectorPool, load_memory
-from edge_runtime.openvino_networks import NETWORK_NAMES, OpenVinoNetworks, RuntimeOptions
+from edge_runtime.openvino_networks import NETWORK_NAMES, CompiledNetworks, OpenVinoNetworks, RuntimeOptions
 from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.preprocess import FrameError
 from export.builder import graph_specs
@@ -70,6 +70,26 @@ def test_device_maps_match_host_maps_on_fixed_inputs(tiny_run, tiny_dataset, tmp
 def test_malformed_frames_give_no_verdict(slot, frame):
     with pytest.raises(FrameError):
         Inspector.from_slot(slot).inspect(frame)
+
+
+def test_a_network_is_compiled_only_once_a_frame_needs_it(slot):
+    inspector = Inspector.from_slot(slot)
+    # At load, the inspector compiles what its own fusion weights use (all five for the tiny model's feature map).
+    assert inspector.compiled.compiled_names() == inspector.pipeline.used_networks(inspector.calibration)
+    compiled = CompiledNetworks({name: slot / spec.xml for name, spec in inspector.manifest.networks.items()})
+    pipeline = InspectionPipeline(
+        compiled.worker(), inspector.memory, inspector.manifest.inspection, inspector.manifest.schedule.to_schedule()
+    )
+    image = inspector.prepare((np.random.default_rng(5).random((64, 64)) * 255).astype(np.uint8))
+    assert compiled.compiled_names() == []
+    memory_alone = memory_only(inspector.calibration)
+    pipeline.inspect(image, memory_alone)
+    assert compiled.compiled_names() == pipeline.used_networks(memory_alone) == ["knn_backbone"]
+    without_features = replace(inspector.calibration, map_weights={"latent": 1.0, "feature": 0.0, "knn": 1.0})
+    pipeline.inspect(image, without_features)
+    assert compiled.compiled_names() == ["denoiser", "encoder", "knn_backbone"]
+    pipeline.inspect(image, inspector.calibration)
+    assert compiled.compiled_names() == sorted(NETWORK_NAMES)
 
 
 def test_pool_gives_the_same_results_as_one_thread(slot):
