@@ -102,14 +102,21 @@ def _memory_of(vectors: np.ndarray, config: MemoryConfig, coreset_size: int, see
 
 def measure_typical_distances(memory: KnnMemory, backbone: Backbone, images: np.ndarray, device: torch.device) -> None:
     """Sets each scale's typical distance: the median nearest-neighbour distance of the held-out good images'
-    patches on it. The scales are joined in these units (`edge_runtime.knn.join_scales`); a memory of one scale
-    needs none."""
-    if memory.coarse is None:
-        return
+    patches on it. Two scales are joined in these units (`edge_runtime.knn.join_scales`), and operator feedback
+    teaches the device only the patches beyond them (`edge_runtime.service.feedback.known_distance`)."""
     fine, coarse = [], []
     for maps in stage_maps_of(backbone, images, device):
         fine_map, coarse_map = memory.scale_distances(maps)
         fine.append(fine_map.ravel())
-        coarse.append(coarse_map.ravel())
-    memory.typical_distance = float(np.median(np.concatenate(fine)))
-    memory.coarse.typical_distance = float(np.median(np.concatenate(coarse)))
+        if coarse_map is not None:
+            coarse.append(coarse_map.ravel())
+    memory.typical_distance = _typical(fine)
+    if memory.coarse is not None:
+        memory.coarse.typical_distance = _typical(coarse)
+
+
+def _typical(distances: list[np.ndarray]) -> float | None:
+    """The median distance; None when it is zero (most held-out patches stored exactly, as on flat synthetic
+    parts): no unit to measure in."""
+    median = float(np.median(np.concatenate(distances)))
+    return median if median > 0.0 else None

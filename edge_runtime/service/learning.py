@@ -20,7 +20,7 @@ from edge_runtime.knn import COARSE_FOLDER
 from edge_runtime.overlay_memory import ModelIdentity, OverlayError, OverlayMemory, clear_saved
 from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.service.commands import CommandError
-from edge_runtime.service.feedback import FeedbackDesk, FeedbackOutcome, novel_vectors
+from edge_runtime.service.feedback import FeedbackDesk, FeedbackOutcome, known_distance, novel_vectors
 from edge_runtime.service.feedback_audit import AuditLog, AuditRecord, outcome_counts
 from edge_runtime.service.kept_parts import FOLDER as KEPT_FOLDER
 from edge_runtime.service.kept_parts import KeepLimits, KeptParts
@@ -66,13 +66,17 @@ class ModelPatches:
         vectors, _ = memory.describe(self._stage_maps(frame))
         return vectors, memory.distances(vectors)
 
+    def known_distance(self) -> float:
+        """How far from the fine memory a patch may lie and still need no teaching."""
+        return known_distance(self.inspector.memory)
+
     def learn_coarse(self, feedback_id: str, part_id: str, frame: np.ndarray, limit: int) -> int:
         """Teach the coarse overlay the part's coarse vectors the coarse memory knows least; how many were added."""
         coarse, overlay = self.inspector.memory.coarse, self.coarse_overlay
         if coarse is None or overlay is None:
             return 0
         vectors, _ = coarse.describe(self.inspector.memory.coarse_maps(self._stage_maps(frame)))
-        chosen = novel_vectors(vectors, coarse.distances(vectors), min(limit, overlay.room()))
+        chosen = novel_vectors(vectors, coarse.distances(vectors), min(limit, overlay.room()), known_distance(coarse))
         if len(chosen):
             overlay.add(feedback_id, part_id, chosen)
         return len(chosen)

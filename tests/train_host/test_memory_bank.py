@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -50,6 +52,18 @@ def test_the_scales_are_joined_in_the_held_out_goods_typical_distances(tiny_run)
     # Training measured them on the held-out goods and saved them with the memory.
     assert run.memory.scale_units() == pytest.approx((np.median(fine), np.median(coarse)), rel=1e-5)
     assert min(run.memory.scale_units()) > 0.0
+
+
+def test_a_memory_of_one_scale_measures_its_typical_distance_too(tiny_run) -> None:
+    from train_host.memory_bank import measure_typical_distances
+    from train_host.run_store import load_run
+
+    run = load_run(tiny_run)
+    one_scale = dataclasses.replace(run.memory, coarse=None, typical_distance=None)
+    measure_typical_distances(one_scale, run.knn_backbone, run.holdout_images(), torch.device("cpu"))
+    # The same held-out patches against the same fine index: the two-scale memory's fine unit.
+    assert one_scale.typical_distance == pytest.approx(run.memory.typical_distance, rel=1e-5)
+    assert one_scale.scale_units() == (1.0, 1.0)  # nothing to join
 
 
 def test_memory_baseline_evaluates_the_knn_map_alone(tiny_config) -> None:
