@@ -45,6 +45,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("evaluate", "train_host", "evaluate a run or a bundle on labelled test images", needs_torch=True),
     Command("ablate", "train_host", "run the standard ablation evaluations of a run", needs_torch=True),
     Command("memory-baseline", "train_host", "the KNN patch map alone on the test images", needs_torch=True),
+    Command("feedback-cost", "train_host", "recall lost when a bundle's flagged test goods are marked good"),
     # `bench` is the device's benchmark; the torch baseline of train_host gets a name of its own.
     Command("bench-torch", "train_host", "latency of the torch pipeline (the FP32 baseline)", True, original="bench"),
     Command("keygen", "export", "create an Ed25519 signing key pair"),

@@ -40,6 +40,13 @@ def build_parser(prog: str = "python -m train_host") -> argparse.ArgumentParser:
     baseline.add_argument("--config", type=Path, required=True, help="YAML training config")
     baseline.add_argument("--out", type=Path, required=True, help="folder for the report")
     baseline.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cost = commands.add_parser(
+        "feedback-cost", help="recall lost when a bundle's false alarms on the test goods are marked good on the device"
+    )
+    cost.add_argument("--bundle", type=Path, required=True, help="a signed bundle")
+    cost.add_argument("--trusted-key", type=Path, action="append", required=True, help="public key")
+    cost.add_argument("--data", type=Path, required=True, help="dataset root (its test/ folder is used)")
+    cost.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
     bench = commands.add_parser("bench", help="latency of the torch pipeline (the FP32 baseline)")
     bench.add_argument("--run", type=Path, required=True)
     bench.add_argument("--images", type=Path, required=True, help="folder of frames (searched recursively)")
@@ -111,6 +118,13 @@ def dispatch(args: argparse.Namespace) -> int:
             path = write_report(report, args.out)
             print(metrics_table(report))
             print(f"report: {path}")
+        elif args.command == "feedback-cost":
+            from train_host.feedback_cost import measure_feedback_cost, write_feedback_cost
+
+            cost = measure_feedback_cost(args.bundle, args.trusted_key, args.data)
+            print(cost.table())
+            if args.out:
+                write_feedback_cost(cost, args.out)
         elif args.command == "ablate":
             from train_host.ablation import ablation_table, run_ablations
 
