@@ -16,19 +16,24 @@ class Ablation:
     overrides: tuple[str, ...]
 
 
+_PAPER_FEATURE_WEIGHT = "inspection.map_weights.feature=0.15"
+
 ABLATIONS = (
     Ablation("full", "full method (defaults)", ()),
     Ablation("fixed_noise", "fixed noise level t=60 instead of dynamic", ("inspection.dynamic_noise=false",)),
     Ablation("added_noise", "added Gaussian noise instead of noiseless scaling", ("inspection.add_noise=true",)),
+    # The feature map is off by default; these rows fuse the paper's 0.15 of it, from either backbone.
+    Ablation("feature_map", "the paper's feature map fused (0.15), ImageNet backbone", (_PAPER_FEATURE_WEIGHT,)),
     Ablation(
         "adaptation",
-        "domain-adapted backbone for the feature map instead of ImageNet's",
-        ("inspection.use_adapted_backbone=true",),
+        "the paper's feature map fused (0.15), domain-adapted backbone",
+        (_PAPER_FEATURE_WEIGHT, "inspection.use_adapted_backbone=true"),
     ),
     Ablation("knn_only", "KNN patch map only", ("inspection.map_weights.latent=0", "inspection.map_weights.feature=0")),
     Ablation("reconstruction_only", "reconstruction maps only (no KNN map fused)", ("inspection.map_weights.knn=0",)),
     Ablation("summed_maps", "maps summed, the healing not capped by the KNN map", ("inspection.fusion=sum",)),
     Ablation("steps_1", "1 denoising step", ("inspection.denoise_steps=1",)),
+    Ablation("steps_2", "2 denoising steps", ("inspection.denoise_steps=2",)),
     Ablation("steps_4", "4 denoising steps", ("inspection.denoise_steps=4",)),
 )
 
