@@ -53,9 +53,11 @@ soak: setup
 
 # Device benchmark at 256 px on magnetic_tile: trains the run first if it is missing (about 30 min on 2 cores),
 # exports INT8, gated (auto) and FP32 bundles, then measures them, the gated bundle's memory-only mode and the torch
-# FP32 baseline, and writes one comparison table (docs/bench/compare.md).
+# FP32 baseline, and writes one comparison table (docs/bench/compare.md); then the service itself with the gated
+# bundle for 90 s on a conveyor of the set's test parts, MQTT results and heatmaps on (docs/bench/service.json).
 BENCH_RUN ?= runs/magnetic_tile
-BENCH_IMAGES ?= ../shared/datasets/magnetic_tile/test
+BENCH_DATA ?= ../shared/datasets/magnetic_tile
+BENCH_IMAGES ?= $(BENCH_DATA)/test
 BENCH_OUT ?= docs/bench
 BENCH_KEY := keys/bench
 # The run's bundles, exported again whenever the run was calibrated after them (so a new or retrained run is never
@@ -78,6 +80,9 @@ bench: setup
 	$(PY) -m edge_runtime bench-compare $(BENCH_OUT)/openvino-auto.json $(BENCH_OUT)/openvino-int8.json \
 		$(BENCH_OUT)/openvino-fp32.json $(BENCH_OUT)/openvino-memory-only.json $(BENCH_OUT)/torch-fp32.json \
 		--out $(BENCH_OUT)/compare.md
+	$(PY) -m demo_line soak --steady --duration 90 --camera-fps 60 --bundle $(BENCH_BUNDLES)/auto.tar \
+		--trusted-key $(BENCH_KEY).pub.pem --images $(BENCH_DATA) --out runs/bench-service
+	cp runs/bench-service/soak.json $(BENCH_OUT)/service.json
 
 # On the device, once and as root: the systemd service d3ad-inspector (code and a venv without torch in
 # /opt/d3ad-inspector, the unit, /etc/d3ad-inspector/inspector.yaml); systemd/README.md says what comes next.
