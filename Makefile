@@ -80,6 +80,7 @@ bench: setup
 	$(PY) -m edge_runtime bench-compare $(BENCH_OUT)/openvino-auto.json $(BENCH_OUT)/openvino-int8.json \
 		$(BENCH_OUT)/openvino-fp32.json $(BENCH_OUT)/openvino-memory-only.json $(BENCH_OUT)/torch-fp32.json \
 		--out $(BENCH_OUT)/compare.md
+	rm -rf runs/bench-service  # a fresh broker and state: an old outbox would publish its results again
 	$(PY) -m demo_line soak --steady --duration 90 --camera-fps 60 --bundle $(BENCH_BUNDLES)/auto.tar \
 		--trusted-key $(BENCH_KEY).pub.pem --images $(BENCH_DATA) --out runs/bench-service
 	cp runs/bench-service/soak.json $(BENCH_OUT)/service.json
