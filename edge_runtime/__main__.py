@@ -6,14 +6,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_runtime.bundle import BundleError, install_bundle, load_trusted_keys
+from edge_runtime.bundle import BundleError, temporary_slot
 from edge_runtime.preprocess import FrameError
 from edge_runtime.settings import InspectionSettings
 
@@ -97,9 +96,7 @@ def _installed_slot(args: argparse.Namespace) -> Iterator[Path]:
         return
     if not args.trusted_key:
         raise BundleError("bad_signature", "--bundle needs at least one --trusted-key to verify it against")
-    with tempfile.TemporaryDirectory(prefix="edge-slot-") as temporary:
-        slot = Path(temporary) / "slot"
-        install_bundle(args.bundle, load_trusted_keys(args.trusted_key), slot)
+    with temporary_slot(args.bundle, args.trusted_key, prefix="edge-slot-") as slot:
         yield slot
 
 

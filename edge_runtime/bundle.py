@@ -10,6 +10,7 @@ import tarfile
 import tempfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -188,6 +189,16 @@ def install_bundle(
         raise
     sync_directory(slot_dir.parent)
     return verified.manifest
+
+
+@contextmanager
+def temporary_slot(archive: Path, trusted_key_files: Sequence[Path], prefix: str = "bundle-slot-") -> Iterator[Path]:
+    """The bundle verified against the key files and installed into a temporary folder, removed on leaving: for
+    tools that run a bundle once (benchmarks, evaluations) rather than keep it installed."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as temporary:
+        slot = Path(temporary) / "slot"
+        install_bundle(archive, load_trusted_keys(trusted_key_files), slot)
+        yield slot
 
 
 def load_installed(slot_dir: Path, trusted_keys: Sequence[Ed25519PublicKey] | None = None) -> Manifest:

@@ -6,7 +6,6 @@ images and defects with a mask) and are None where a type has no masks."""
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -262,12 +261,10 @@ def evaluate_bundle(
 ) -> EvaluationReport:
     """Evaluate a signed bundle exactly as a device runs it: verified, installed, OpenVINO networks."""
     # Imported here: evaluating a training run needs neither OpenVINO nor the bundle format.
-    from edge_runtime.bundle import install_bundle, load_trusted_keys
+    from edge_runtime.bundle import temporary_slot
     from edge_runtime.inspector import Inspector
 
-    with tempfile.TemporaryDirectory(prefix="bundle-eval-") as temporary:
-        slot = Path(temporary) / "slot"
-        install_bundle(archive, load_trusted_keys(trusted_keys), slot)
+    with temporary_slot(archive, trusted_keys, prefix="bundle-eval-") as slot:
         inspector = Inspector.from_slot(slot)
         manifest = inspector.manifest
         data = DataConfig(

@@ -6,14 +6,13 @@ taught, and the defects no longer found."""
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.bundle import install_bundle, load_trusted_keys
+from edge_runtime.bundle import temporary_slot
 from edge_runtime.inspector import Inspector
 from edge_runtime.overlay_memory import ModelIdentity, OverlayMemory
 from edge_runtime.preprocess import read_image_file
@@ -71,7 +70,7 @@ def _scores(inspector: Inspector, frames: dict[str, np.ndarray]) -> dict[str, fl
     return {name: inspector.inspect(frame).score for name, frame in frames.items()}
 
 
-def _teach(inspector: Inspector, frames: list[np.ndarray], folder: Path) -> ModelPatches:
+def _teach(inspector: Inspector, parts: list[tuple[np.ndarray, float]], folder: Path) -> ModelPatches:
     """Mark each part good through a feedback desk, as an operator would (with force: whether to overrule the guard
     for a far-off score is the operator's call, not what is measured here)."""
     config = FeedbackConfig()
@@ -84,9 +83,8 @@ def _teach(inspector: Inspector, frames: list[np.ndarray], folder: Path) -> Mode
     recent = RecentParts(config.recent_parts, config.window_s)
     desk = FeedbackDesk(config, recent, lambda: patches, AuditLog(folder / "audit.jsonl"), "cost", lambda *_: None)
     threshold = inspector.calibration.image_threshold
-    for number, frame in enumerate(frames):
+    for number, (frame, score) in enumerate(parts):
         part_id = f"part-{number}"
-        score = inspector.inspect(frame).score
         recent.add(RecentPart(part_id, time.monotonic(), frame, score, threshold, score >= threshold, "", {}))
         reply = desk.command_feedback({"part_id": part_id, "label": "good", "force": True})
         if not reply["ok"]:
@@ -106,14 +104,12 @@ def measure_feedback_cost(archive: Path, trusted_keys: list[Path], data_root: Pa
     samples = list_test_samples(data_root)
     is_defect = {_name(s): s.is_defect for s in samples}
     frames = {_name(s): read_image_file(s.path) for s in samples}
-    with tempfile.TemporaryDirectory(prefix="feedback-cost-") as temporary:
-        slot = Path(temporary) / "slot"
-        install_bundle(archive, load_trusted_keys(trusted_keys), slot)
+    with temporary_slot(archive, trusted_keys, prefix="feedback-cost-") as slot:
         inspector = Inspector.from_slot(slot)
         threshold = inspector.calibration.image_threshold
         before = _scores(inspector, frames)
         taught = [name for name, score in before.items() if not is_defect[name] and score >= threshold]
-        patches = _teach(inspector, [frames[name] for name in taught], Path(temporary))
+        patches = _teach(inspector, [(frames[name], before[name]) for name in taught], slot.parent / "feedback")
         after = _scores(inspector, frames)
         vectors = patches.overlay.live_count()
         patches.detach()
