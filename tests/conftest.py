@@ -143,6 +143,47 @@ def slot(bundle, keys, tmp_path_factory) -> Path:
     return slot
 
 
+# --- services running in threads ------------------------------------------------------------------------------
+
+
+class ServiceThreads:
+    """Services started in threads of the test process; each must start in time and end when stopped."""
+
+    START_S = 60
+    STOP_S = 20
+
+    def __init__(self) -> None:
+        self.running: list[tuple[object, threading.Thread]] = []
+
+    def start(self, config, inspector=None, observers=()):  # noqa: ANN001, ANN201 - edge_runtime types, imported late
+        from edge_runtime.service.service import Service
+
+        service = Service(config, inspector=inspector, observers=observers)
+        thread = threading.Thread(target=service.run, name="service", daemon=True)
+        thread.start()
+        assert service.started.wait(self.START_S), "service did not start"
+        self.running.append((service, thread))
+        return service
+
+    def stop(self, service) -> None:  # noqa: ANN001
+        for entry in [e for e in self.running if e[0] is service]:
+            service.stop()
+            entry[1].join(timeout=self.STOP_S)
+            assert not entry[1].is_alive(), "service did not stop"
+            self.running.remove(entry)
+
+    def stop_all(self) -> None:
+        for service, _ in list(self.running):
+            self.stop(service)
+
+
+@pytest.fixture
+def service_threads() -> Iterator[ServiceThreads]:
+    threads = ServiceThreads()
+    yield threads
+    threads.stop_all()
+
+
 # --- a real broker, a local bundle server, and bundles repacked as other versions ---------------------------
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -12,9 +11,8 @@ from export.push import Broker, Device, PushError, bundle_version, install_reque
 
 
 @pytest.fixture
-def device(broker, bundle, keys, tmp_path):
+def device(broker, bundle, keys, tmp_path, service_threads):
     """A running service with the signed 1.0.0 bundle, answering commands on test/cam1."""
-    from edge_runtime.service.service import Service
     from edge_runtime.service.service_config import parse_config
 
     raw = {
@@ -27,13 +25,7 @@ def device(broker, bundle, keys, tmp_path):
         "updates": {"local_folder": str(tmp_path)},  # the tests push bundles from their own folder
         "metrics": {"port": 0},
     }
-    service = Service(parse_config(raw, "push test config"))
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    assert service.started.wait(60)
-    yield service
-    service.stop()
-    thread.join(20)
+    return service_threads.start(parse_config(raw, "push test config"))
 
 
 def test_push_installs_reports_stages_and_rolls_back(device, broker, slot, keys, repack, tmp_path, capsys):
@@ -75,9 +67,8 @@ def test_push_names_an_unreachable_broker_and_a_bad_bundle(tmp_path):
 
 
 @pytest.fixture
-def signed_device(new_broker, bundle, keys, tmp_path):
+def signed_device(new_broker, bundle, keys, tmp_path, service_threads):
     """A device that requires signed install/rollback, on a mosquitto that speaks TLS only (8883-style)."""
-    from edge_runtime.service.service import Service
     from edge_runtime.service.service_config import parse_config
     from tests.edge_runtime.service.test_service_security import make_pki
 
@@ -98,13 +89,8 @@ def signed_device(new_broker, bundle, keys, tmp_path):
         "metrics": {"port": 0},
     }
     raw["mqtt"]["tls"] = {"ca_file": str(pki["ca"])}
-    service = Service(parse_config(raw, "signed commands test config"))
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    assert service.started.wait(60)
-    yield service, Broker("127.0.0.1", broker.port, ca_file=pki["ca"])
-    service.stop()
-    thread.join(20)
+    service = service_threads.start(parse_config(raw, "signed commands test config"))
+    return service, Broker("127.0.0.1", broker.port, ca_file=pki["ca"])
 
 
 def test_signed_commands_need_the_site_key_for_this_device_fresh_and_once(

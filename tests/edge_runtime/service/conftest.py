@@ -146,30 +146,18 @@ def shared_inspector(slot: Path):
 
 
 @pytest.fixture
-def run_service(shared_inspector):
+def run_service(shared_inspector, service_threads):
     """Start a Service in a thread from a raw config dict, with the observers `run` attaches (the operator view
     when the config enables it, the systemd link under $NOTIFY_SOCKET); it is stopped (and must end) after the
     test."""
     from edge_runtime.service.observers import standard_observers
-    from edge_runtime.service.service import Service
     from edge_runtime.service.service_config import parse_config
 
-    running: list[tuple[Service, threading.Thread]] = []
-
-    def start(raw: dict) -> Service:
+    def start(raw: dict):  # noqa: ANN202
         config = parse_config(raw, "test config")
-        service = Service(config, inspector=shared_inspector, observers=standard_observers(config))
-        thread = threading.Thread(target=service.run, name="service", daemon=True)
-        thread.start()
-        assert service.started.wait(30), "service did not start"
-        running.append((service, thread))
-        return service
+        return service_threads.start(config, shared_inspector, standard_observers(config))
 
-    yield start
-    for service, thread in running:
-        service.stop()
-        thread.join(timeout=20)
-        assert not thread.is_alive(), "service did not stop"
+    return start
 
 
 class SmallDisk:

@@ -7,7 +7,6 @@ import io
 import json
 import shutil
 import tarfile
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -124,32 +123,15 @@ def install(listener, bundle_server, bundle: Path, version: str, request_id: str
 
 
 @pytest.fixture
-def start_service():
+def start_service(service_threads):
     """A Service that loads its model itself (from the config and its model store), in a thread."""
-    from edge_runtime.service.service import Service
     from edge_runtime.service.service_config import parse_config
 
-    running: list[tuple[Service, threading.Thread]] = []
+    def start(raw: dict):  # noqa: ANN202
+        return service_threads.start(parse_config(raw, "update test config"))
 
-    def start(raw: dict) -> Service:
-        service = Service(parse_config(raw, "update test config"))
-        thread = threading.Thread(target=service.run, name="service", daemon=True)
-        thread.start()
-        assert service.started.wait(60), "service did not start"
-        running.append((service, thread))
-        return service
-
-    def stop(service: Service) -> None:
-        for entry in [e for e in running if e[0] is service]:
-            service.stop()
-            entry[1].join(timeout=20)
-            assert not entry[1].is_alive(), "service did not stop"
-            running.remove(entry)
-
-    start.stop = stop
-    yield start
-    for service, _ in list(running):
-        stop(service)
+    start.stop = service_threads.stop
+    return start
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import threading
 from pathlib import Path
 
 import cv2
@@ -28,33 +27,16 @@ RATIO = 2.0  # feedback.refuse_score_ratio, the default
 
 
 @pytest.fixture
-def services(shared_inspector):
-    """Services in threads, with the shared inspector or (inspector=None) loading their own model."""
-    from edge_runtime.service.service import Service
+def services(shared_inspector, service_threads):
+    """Services in threads, with the shared inspector or (own_model) loading their own model."""
     from edge_runtime.service.service_config import parse_config
 
-    running: list[tuple[Service, threading.Thread]] = []
-
-    def start(raw: dict, own_model: bool = False) -> Service:
+    def start(raw: dict, own_model: bool = False):  # noqa: ANN202
         inspector = None if own_model else shared_inspector
-        service = Service(parse_config(raw, "feedback test config"), inspector=inspector)
-        thread = threading.Thread(target=service.run, name="service", daemon=True)
-        thread.start()
-        assert service.started.wait(60), "service did not start"
-        running.append((service, thread))
-        return service
+        return service_threads.start(parse_config(raw, "feedback test config"), inspector)
 
-    def stop(service: Service) -> None:
-        for entry in [e for e in running if e[0] is service]:
-            service.stop()
-            entry[1].join(timeout=20)
-            assert not entry[1].is_alive(), "service did not stop"
-            running.remove(entry)
-
-    start.stop = stop
-    yield start
-    for service, _ in list(running):
-        stop(service)
+    start.stop = service_threads.stop
+    return start
 
 
 def _frame(path: Path) -> np.ndarray:
