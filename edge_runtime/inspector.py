@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_runtime.bundle import load_installed
 from edge_runtime.knn import KnnMemory
-from edge_runtime.manifest import FIRST_SCALE_UNITS_SCHEMA, Manifest
+from edge_runtime.manifest import FIRST_SCALE_UNITS_SCHEMA, FIRST_SPARSE_SEARCH_SCHEMA, Manifest
 from edge_runtime.openvino_networks import CompiledNetworks, RuntimeOptions
 from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.preprocess import preprocess, read_image_file
@@ -126,5 +126,10 @@ def load_memory(slot: Path, manifest: Manifest) -> KnnMemory:
         raise RuntimeError(
             f"the memory in {folder} joins its scales in typical distances, which needs manifest schema "
             f"{FIRST_SCALE_UNITS_SCHEMA}, not {manifest.schema_version}"
+        )
+    if manifest.schema_version < FIRST_SPARSE_SEARCH_SCHEMA and memory.ordinary_distance is not None:
+        raise RuntimeError(
+            f"the memory in {folder} is searched sparsely below its ordinary distance, which needs manifest schema "
+            f"{FIRST_SPARSE_SEARCH_SCHEMA}, not {manifest.schema_version}"
         )
     return memory

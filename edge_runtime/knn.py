@@ -7,6 +7,7 @@ own: the stride-32 stage searched on its own grid, its distances joined with the
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ OPENCV_MAX_CHANNELS = 128  # cv2 filters and resizes take at most this many chan
 # multiple of 16: the 232-wide fine vectors searched 1.6x faster zero-padded to 240 (docs/BENCHMARKS.md). Zeros
 # added to every vector change no distance.
 SEARCH_WIDTH_MULTIPLE = 16
+# A patch whose searched neighbours all lie within what 99 % of held-out good patches reach is not searched itself
+# (KnnMemory.sparse_distances). The same quantile sets the scale of each map (calibration.map_scale_quantile).
+ORDINARY_QUANTILE = 0.99
 
 
 def search_width(width: int) -> int:
@@ -172,6 +176,10 @@ class KnnMemory:
     # scales' measured, each is divided by its own before they are joined: magnetic_tile's coarse distances ran
     # about 1.3x its fine ones and outweighed them (docs/RESULTS.md).
     typical_distance: float | None = None
+    # The distance 99 % of held-out good patches stay within on this scale (None: not measured). With it, a patch
+    # map is searched sparsely: half the patches on a checkerboard, the other half only where a searched neighbour
+    # lies beyond it (see `sparse_distances`).
+    ordinary_distance: float | None = None
 
     def scales(self) -> list[KnnMemory]:
         """This memory and its coarse one, finest first."""
@@ -205,8 +213,29 @@ class KnnMemory:
     def own_distances(self, stage_maps: Sequence[np.ndarray]) -> np.ndarray:
         """This scale's distances alone: one per image vector, or a map on this scale's patch grid."""
         vectors, grid = self.describe(stage_maps)
-        distances = self.distances(vectors)
-        return distances if self.mode == "image" else distances.reshape(grid).astype(np.float32)
+        if self.mode == "image":
+            return self.distances(vectors)
+        if self.ordinary_distance is not None:
+            return self.sparse_distances(vectors, grid)
+        return self.distances(vectors).reshape(grid).astype(np.float32)
+
+    def sparse_distances(self, vectors: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+        """The patch map with about half the search: the patches on one colour of a checkerboard are searched;
+        each of the others only when one of its four searched neighbours lies farther than `ordinary_distance`, and
+        otherwise takes their mean. Where every neighbour is as near as 99 % of good patches are, the patch between
+        them is ordinary too (the 3x3 mean already mixes each patch into its neighbours' vectors); a defect raises a
+        neighbour and is searched exactly. Measured on both example sets: image and pixel AUROC within 0.001 of the
+        full search, the KNN stage about a fifth faster (docs/RESULTS.md)."""
+        first, neighbour_count = _checkerboard(grid)
+        distances = np.empty(len(vectors), dtype=np.float32)
+        distances[first] = self.distances(vectors[first])
+        around_max, around_mean = _around_second_half(distances, first, neighbour_count, grid)
+        searched = ~first & (around_max > self.ordinary_distance)
+        if searched.any():
+            distances[searched] = self.distances(vectors[searched])
+        estimated = ~first & ~searched
+        distances[estimated] = around_mean[estimated]
+        return distances.reshape(grid)
 
     def scale_distances(self, stage_maps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """(this scale's distances, the coarse scale's distance map or None), each in its own units, not joined."""
@@ -245,6 +274,7 @@ class KnnMemory:
             "context": self.context,
             "coarse": COARSE_FOLDER if self.coarse is not None else None,
             "typical_distance": self.typical_distance,
+            "ordinary_distance": self.ordinary_distance,
         }
         (folder / "memory.json").write_text(json.dumps(meta, indent=2))
         if self.coarse is not None:
@@ -266,9 +296,10 @@ class KnnMemory:
         patch_modes = meta["mode"] == "patch" and (coarse is None or coarse.mode == "patch")
         if coarse is not None and (not patch_modes or meta.get("stage_count") is None):
             raise ValueError(f"{meta_path}: a coarse memory needs patch mode on both scales and a stage_count")
-        typical = meta.get("typical_distance")
-        if typical is not None and not (isinstance(typical, (int, float)) and np.isfinite(typical) and typical > 0):
-            raise ValueError(f"{meta_path}: typical_distance must be a positive number, got {typical!r}")
+        typical = _positive_or_none(meta, "typical_distance", meta_path)
+        ordinary = _positive_or_none(meta, "ordinary_distance", meta_path)
+        if ordinary is not None and meta["mode"] != "patch":
+            raise ValueError(f"{meta_path}: ordinary_distance applies to a patch memory, not mode {meta['mode']!r}")
         return cls(
             mode=meta["mode"],
             index=index,
@@ -277,8 +308,47 @@ class KnnMemory:
             stage_count=meta.get("stage_count"),
             context=bool(meta.get("context", True)),
             coarse=coarse,
-            typical_distance=None if typical is None else float(typical),
+            typical_distance=typical,
+            ordinary_distance=ordinary,
         )
+
+
+def ordinary_distance_of(fine_maps: Sequence[np.ndarray]) -> float | None:
+    """The distance ORDINARY_QUANTILE of the held-out good patches stay within, from their fine distance maps
+    searched in full; None when it is zero (nothing to search sparsely by)."""
+    value = float(np.quantile(np.concatenate([np.ravel(m) for m in fine_maps]), ORDINARY_QUANTILE))
+    return value if value > 0.0 else None
+
+
+def _positive_or_none(meta: dict, key: str, meta_path: Path) -> float | None:
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{meta_path}: {key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+@functools.lru_cache(maxsize=8)
+def _checkerboard(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(the patches searched first: one colour of a checkerboard, flat; how many grid neighbours each patch has)"""
+    rows, columns = np.mgrid[0 : grid[0], 0 : grid[1]]
+    first = ((rows + columns) % 2 == 0).reshape(-1)
+    inside = np.pad(np.ones(grid, dtype=np.float32), 1)
+    count = inside[:-2, 1:-1] + inside[2:, 1:-1] + inside[1:-1, :-2] + inside[1:-1, 2:]
+    first.flags.writeable = False
+    return first, count.reshape(-1)
+
+
+def _around_second_half(
+    distances: np.ndarray, first: np.ndarray, neighbour_count: np.ndarray, grid: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per patch, the largest and the mean distance of its up to four grid neighbours among the first half (every
+    neighbour of a second-half patch is one); flat, meaningful for the second half only."""
+    known = np.where(first, distances, 0.0).reshape(grid)
+    padded = np.pad(known, 1)
+    around = np.stack([padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]])
+    return around.max(axis=0).reshape(-1), around.sum(axis=0).reshape(-1) / np.maximum(neighbour_count, 1.0)
 
 
 def build_index(vectors: np.ndarray, ef: int = 32, connections: int = 16, seed: int = 0) -> hnswlib.Index:

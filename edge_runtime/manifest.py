@@ -46,13 +46,17 @@ from edge_runtime.versions import version_problem
 # 7: inspection.fusion; "capped" lets the healing maps add at most the KNN map's evidence. A device that knows only
 #    1-6 would sum the maps against a threshold set on capped ones; it now says "unknown schema". Bundles of versions
 #    1-6 summed their maps and still do: the key is "sum" for them when absent.
-SCHEMA_VERSION = 7
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3, 4, 5, 6, 7})
+# 8: the fine memory may carry its ordinary distance (`ordinary_distance` in its memory.json), below which its patch
+#    map is searched on a checkerboard first (KnnMemory.sparse_distances). A device that knows only 1-7 would search
+#    every patch and could miss the reference scores; it now says "unknown schema".
+SCHEMA_VERSION = 8
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3, 4, 5, 6, 7, 8})
 FIRST_BOUND_SCHEMA = 3
 FIRST_TOP_FRACTION_SCHEMA = 4
 FIRST_COARSE_MEMORY_SCHEMA = 5
 FIRST_SCALE_UNITS_SCHEMA = 6
 FIRST_CAPPED_FUSION_SCHEMA = 7
+FIRST_SPARSE_SEARCH_SCHEMA = 8
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edge_runtime.knn import KnnMemory, build_index, describe, split_scales
+from edge_runtime.knn import KnnMemory, build_index, describe, ordinary_distance_of, split_scales
 from train_host.backbone import Backbone
 from train_host.config import MemoryConfig
 from train_host.torch_setup import progress
@@ -103,7 +103,11 @@ def _memory_of(vectors: np.ndarray, config: MemoryConfig, coreset_size: int, see
 def measure_typical_distances(memory: KnnMemory, backbone: Backbone, images: np.ndarray, device: torch.device) -> None:
     """Sets each scale's typical distance: the median nearest-neighbour distance of the held-out good images'
     patches on it. Two scales are joined in these units (`edge_runtime.knn.join_scales`), and operator feedback
-    teaches the device only the patches beyond them (`edge_runtime.service.feedback.known_distance`)."""
+    teaches the device only the patches beyond them (`edge_runtime.service.feedback.known_distance`). Also sets the
+    fine scale's ordinary distance, the 99 % quantile, below which its map is searched sparsely
+    (`KnnMemory.sparse_distances`; a bundle measures it again through its own networks); the coarse scale's 64 or so
+    queries are searched in full."""
+    memory.ordinary_distance = None  # measured with every patch searched
     fine, coarse = [], []
     for maps in stage_maps_of(backbone, images, device):
         fine_map, coarse_map = memory.scale_distances(maps)
@@ -111,6 +115,8 @@ def measure_typical_distances(memory: KnnMemory, backbone: Backbone, images: np.
         if coarse_map is not None:
             coarse.append(coarse_map.ravel())
     memory.typical_distance = _typical(fine)
+    if memory.mode == "patch":
+        memory.ordinary_distance = ordinary_distance_of(fine)
     if memory.coarse is not None:
         memory.coarse.typical_distance = _typical(coarse)
 

@@ -147,3 +147,14 @@ def test_a_memory_joined_in_typical_distances_needs_schema_6(slot, bundle):
     older = manifest.model_copy(update={"schema_version": 5})
     with pytest.raises(RuntimeError, match="typical distances, which needs manifest schema 6, not 5"):
         load_memory(slot, older)
+
+
+def test_a_memory_searched_sparsely_needs_schema_8(slot, bundle):
+    manifest = bundle[1]
+    memory = load_memory(slot, manifest)
+    assert manifest.schema_version >= 8 and memory.ordinary_distance > memory.typical_distance
+    older = manifest.model_copy(update={"schema_version": 7})
+    with pytest.raises(
+        RuntimeError, match="searched sparsely below its ordinary distance, which needs manifest schema 8"
+    ):
+        load_memory(slot, older)

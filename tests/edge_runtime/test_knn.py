@@ -150,3 +150,49 @@ def test_vectors_are_searched_zero_padded_to_a_multiple_of_16_with_the_same_dist
     stages = [bank[:64].T.reshape(20, 8, 8).copy()]
     vectors, _ = memory.describe(stages)
     assert vectors.shape == (64, 32) and not vectors[:, 20:].any()
+
+
+def sparse_test_memory(rng: np.random.Generator) -> tuple[KnnMemory, np.ndarray, np.ndarray]:
+    """A memory of 400 random vectors, a 12 x 10 grid of queries close to stored ones, and the same grid with two
+    far-off 2 x 2 blocks (every patch of a block has a neighbour inside it on the other colour of a checkerboard)."""
+    stored = rng.standard_normal((400, 24)).astype(np.float32)
+    memory = KnnMemory("patch", build_index(stored, ef=64), None, 1)
+    near = stored[rng.choice(400, 120)] + rng.normal(0, 0.05, (120, 24)).astype(np.float32)
+    with_defects = near.reshape(12, 10, 24).copy()
+    with_defects[2:4, 3:5] += 6.0
+    with_defects[9:11, 8:10] += 6.0
+    return memory, near, with_defects.reshape(120, 24)
+
+
+def test_a_sparse_search_finds_every_patch_beyond_the_ordinary_distance_and_searches_less():
+    memory, near, with_defects = sparse_test_memory(np.random.default_rng(21))
+    exact = memory.distances(with_defects).reshape(12, 10)
+    memory.ordinary_distance = 1.0  # the near patches lie at about 0.25, the defects at about 29
+    searched: list[int] = []
+    search = memory.distances
+    memory.distances = lambda vectors: searched.append(len(vectors)) or search(vectors)  # count the queries
+
+    sparse = memory.sparse_distances(with_defects, (12, 10))
+    defect = exact > memory.ordinary_distance
+    assert defect.sum() == 8
+    np.testing.assert_array_equal(sparse[defect], exact[defect])  # searched, not estimated
+    assert sparse[~defect].max() <= memory.ordinary_distance
+    assert sum(searched) < 120 * 0.6  # half on the checkerboard, then only the defects' neighbours
+    searched.clear()
+    quiet = memory.sparse_distances(near, (12, 10))
+    assert sum(searched) == 60 and quiet.max() <= memory.ordinary_distance
+
+
+def test_the_ordinary_distance_is_saved_and_checked_when_loaded(tmp_path):
+    memory, _, _ = sparse_test_memory(np.random.default_rng(22))
+    memory.ordinary_distance = 1.5
+    memory.save(tmp_path)
+    assert KnnMemory.load(tmp_path).ordinary_distance == 1.5
+    meta = json.loads((tmp_path / "memory.json").read_text())
+    for bad in (0.0, "far", float("nan")):
+        (tmp_path / "memory.json").write_text(json.dumps({**meta, "ordinary_distance": bad}))
+        with pytest.raises(ValueError, match="ordinary_distance must be a positive number"):
+            KnnMemory.load(tmp_path)
+    (tmp_path / "memory.json").write_text(json.dumps({**meta, "mode": "image"}))
+    with pytest.raises(ValueError, match="ordinary_distance applies to a patch memory, not mode 'image'"):
+        KnnMemory.load(tmp_path)

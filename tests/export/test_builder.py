@@ -117,7 +117,21 @@ def test_bundle_searches_with_the_export_ef_and_the_run_keeps_its_own(slot, tiny
     trained = json.loads((tiny_run / "memory" / "memory.json").read_text())
     assert shipped["ef"] == 12 != trained["ef"]
     assert Inspector.from_slot(slot).memory.index.ef == 12
-    assert {k: v for k, v in shipped.items() if k != "ef"} == {k: v for k, v in trained.items() if k != "ef"}
+    measured_again = ("ef", "ordinary_distance")  # see the next test
+    assert {k: v for k, v in shipped.items() if k not in measured_again} == {
+        k: v for k, v in trained.items() if k not in measured_again
+    }
+
+
+def test_bundle_measures_its_ordinary_distance_through_its_own_networks(slot, tiny_run):
+    run = load_run(tiny_run)
+    inspector = Inspector.from_slot(slot)
+    memory = inspector.memory
+    shipped, memory.ordinary_distance = memory.ordinary_distance, None  # every patch searched, as when measured
+    networks = inspector.pipeline.networks
+    fine = [memory.scale_distances(networks.knn_features(image))[0] for image in run.holdout_images()]
+    assert shipped == pytest.approx(np.quantile(fine, 0.99), rel=1e-4)
+    assert shipped != run.memory.ordinary_distance  # the run's was measured through torch
 
 
 def test_installed_bundle_passes_its_health_check(slot):

@@ -44,6 +44,7 @@ def test_the_scales_are_joined_in_the_held_out_goods_typical_distances(tiny_run)
     from train_host.run_store import load_run
 
     run = load_run(tiny_run)
+    run.memory.ordinary_distance = None  # every patch searched, as when they were measured
     fine, coarse = [], []
     for maps in stage_maps_of(run.knn_backbone, run.holdout_images(), torch.device("cpu")):
         fine_map, coarse_map = run.memory.scale_distances(maps)
@@ -64,6 +65,20 @@ def test_a_memory_of_one_scale_measures_its_typical_distance_too(tiny_run) -> No
     # The same held-out patches against the same fine index: the two-scale memory's fine unit.
     assert one_scale.typical_distance == pytest.approx(run.memory.typical_distance, rel=1e-5)
     assert one_scale.scale_units() == (1.0, 1.0)  # nothing to join
+    assert one_scale.ordinary_distance == pytest.approx(run.memory.ordinary_distance, rel=1e-5)
+
+
+def test_the_ordinary_distance_is_what_99_percent_of_held_out_good_patches_stay_within(tiny_run) -> None:
+    from train_host.run_store import load_run
+
+    run = load_run(tiny_run)
+    ordinary, run.memory.ordinary_distance = run.memory.ordinary_distance, None  # every patch searched
+    fine = [
+        run.memory.scale_distances(maps)[0]
+        for maps in stage_maps_of(run.knn_backbone, run.holdout_images(), torch.device("cpu"))
+    ]
+    assert ordinary == pytest.approx(np.quantile(fine, 0.99), rel=1e-5)
+    assert run.memory.coarse.ordinary_distance is None  # the coarse grid's few cells are searched in full
 
 
 def test_memory_baseline_evaluates_the_knn_map_alone(tiny_config) -> None:
