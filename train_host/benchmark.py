@@ -20,6 +20,9 @@ def torch_inspect(run_dir: Path, steps: int) -> Callable[[np.ndarray], Inspectio
     run = load_run(run_dir)
     settings = run.config.inspection.model_copy(update={"denoise_steps": steps})
     pipeline = build_pipeline(run, settings, torch.device("cpu"))
+    # The HNSW search with as many threads as torch, as the device searches with every core in latency mode: the
+    # comparison is of the networks, not of a search held to one core.
+    pipeline.memory.use_threads(torch.get_num_threads())
     data = run.config.data
 
     def inspect(frame: np.ndarray) -> InspectionResult:
