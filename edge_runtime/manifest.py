@@ -47,8 +47,8 @@ from edge_runtime.versions import version_problem
 #    1-6 would sum the maps against a threshold set on capped ones; it now says "unknown schema". Bundles of versions
 #    1-6 summed their maps and still do: the key is "sum" for them when absent.
 # 8: the fine memory may carry its ordinary distance (`ordinary_distance` in its memory.json), below which its patch
-#    map is searched on a lattice of every second row and column first (KnnMemory.sparse_distances). A device that
-#    knows only 1-7 would search every patch and could miss the reference scores; it now says "unknown schema".
+#    map is searched on a checkerboard first (KnnMemory.sparse_distances). A device that knows only 1-7 would search
+#    every patch and could miss the reference scores; it now says "unknown schema".
 SCHEMA_VERSION = 8
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3, 4, 5, 6, 7, 8})
 FIRST_BOUND_SCHEMA = 3
