@@ -57,13 +57,17 @@ def _channel_groups(stage_map: np.ndarray) -> list[np.ndarray]:
 
 def local_average(stage_map: np.ndarray) -> np.ndarray:
     """3x3 neighbourhood mean of a CxHxW map (edges repeated), so each patch sees a little context."""
-    return np.concatenate([_box_filter(group) for group in _channel_groups(stage_map)])
+    averaged = [_box_filter(_channels_last(group)).transpose(2, 0, 1) for group in _channel_groups(stage_map)]
+    return np.concatenate(averaged)
 
 
-def _box_filter(stage_map: np.ndarray) -> np.ndarray:
-    channels_last = np.ascontiguousarray(stage_map.transpose(1, 2, 0))
-    averaged = cv2.blur(channels_last, (3, 3), borderType=cv2.BORDER_REPLICATE)
-    return averaged.reshape(channels_last.shape).transpose(2, 0, 1)
+def _channels_last(stage_map: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(stage_map.transpose(1, 2, 0), dtype=np.float32)
+
+
+def _box_filter(channels_last: np.ndarray) -> np.ndarray:
+    """The 3x3 mean of an HxWxC map, edges repeated, as HxWxC."""
+    return cv2.blur(channels_last, (3, 3), borderType=cv2.BORDER_REPLICATE).reshape(channels_last.shape)
 
 
 def _resize_channels(stage_map: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
@@ -76,21 +80,28 @@ def _resize_channels(stage_map: np.ndarray, size: tuple[int, int], interpolation
     return np.concatenate(resized, axis=2)
 
 
-def patch_vectors(stage_maps: Sequence[np.ndarray], context: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
+def patch_vectors(
+    stage_maps: Sequence[np.ndarray], context: bool = True, width: int | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Stage maps (CxHxW each, finest first) -> (H*W, sum C) patch vectors on the finest grid, and the grid.
     With `context` each patch is the 3x3 mean around it; the coarse memory goes without (a stride-32 cell already
-    sees a wide area; there the mean cost image AUROC, docs/RESULTS.md)."""
-    grid = stage_maps[0].shape[1:]
-    columns = [
-        _resize_channels(
-            local_average(stage_map.astype(np.float32)) if context else stage_map.astype(np.float32),
-            grid,
-            cv2.INTER_LINEAR,
-        )
-        for stage_map in stage_maps
-    ]
-    vectors = np.concatenate(columns, axis=2).reshape(grid[0] * grid[1], -1)
-    return np.ascontiguousarray(vectors, dtype=np.float32), (int(grid[0]), int(grid[1]))
+    sees a wide area; there the mean cost image AUROC, docs/RESULTS.md). With `width` the vectors come zero-padded
+    to that many columns, as an index stores them. Each group of channels is written straight into the result:
+    this runs on every frame, and the copies between stages cost more than the filters."""
+    grid = (int(stage_maps[0].shape[1]), int(stage_maps[0].shape[2]))
+    channel_count = sum(len(stage_map) for stage_map in stage_maps)
+    vectors = np.zeros((grid[0], grid[1], max(width or 0, channel_count)), dtype=np.float32)
+    column = 0
+    for stage_map in stage_maps:
+        for group in _channel_groups(stage_map):
+            columns = _channels_last(group)
+            if context:
+                columns = _box_filter(columns)
+            if columns.shape[:2] != grid:
+                columns = cv2.resize(columns, (grid[1], grid[0]), interpolation=cv2.INTER_LINEAR)
+            vectors[:, :, column : column + len(group)] = columns.reshape(grid[0], grid[1], -1)
+            column += len(group)
+    return vectors.reshape(grid[0] * grid[1], -1), grid
 
 
 def image_vector(stage_maps: Sequence[np.ndarray]) -> np.ndarray:
@@ -103,11 +114,16 @@ def image_vector(stage_maps: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def describe(
-    mode: MemoryMode, stage_maps: Sequence[np.ndarray], projection: np.ndarray | None, context: bool = True
+    mode: MemoryMode,
+    stage_maps: Sequence[np.ndarray],
+    projection: np.ndarray | None,
+    context: bool = True,
+    width: int | None = None,
 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """Memory vectors of one image (patch grid or a single image vector), projected if configured."""
+    """Memory vectors of one image (patch grid or a single image vector), projected if configured; unprojected
+    patch vectors come zero-padded to `width` columns when it is given."""
     if mode == "patch":
-        vectors, grid = patch_vectors(stage_maps, context)
+        vectors, grid = patch_vectors(stage_maps, context, width if projection is None else None)
     else:
         vectors, grid = image_vector(stage_maps), (1, 1)
     if projection is not None:
@@ -199,7 +215,7 @@ class KnnMemory:
 
     def describe(self, stage_maps: Sequence[np.ndarray]) -> tuple[np.ndarray, tuple[int, int]]:
         """The vectors stored in (and queried against) this memory for one image, as wide as its index."""
-        vectors, grid = describe(self.mode, self.own_maps(stage_maps), self.projection, self.context)
+        vectors, grid = describe(self.mode, self.own_maps(stage_maps), self.projection, self.context, self.index.dim)
         return pad_to_width(vectors, self.index.dim), grid
 
     def distances(self, vectors: np.ndarray) -> np.ndarray:

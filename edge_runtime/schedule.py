@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,10 +22,13 @@ class DiffusionSchedule:
         if not 0.0 < self.beta_start <= self.beta_end < 1.0:
             raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
 
-    @property
+    @functools.cached_property
     def alpha_bars(self) -> np.ndarray:
+        """Read-only: computed once per schedule, as every denoising step asks for two of them."""
         betas = np.linspace(self.beta_start, self.beta_end, self.num_timesteps, dtype=np.float64)
-        return np.cumprod(1.0 - betas)
+        alpha_bars = np.cumprod(1.0 - betas)
+        alpha_bars.flags.writeable = False
+        return alpha_bars
 
     def alpha_bar(self, t: int) -> float:
         """alpha_bar at timestep t; t = -1 stands for the clean sample (alpha_bar = 1)."""

@@ -66,6 +66,19 @@ def test_patch_vectors_of_wide_stages_match_channel_by_channel():
         np.testing.assert_allclose(vectors[:, 4 + channel], alone[:, 4], atol=1e-6)
 
 
+def test_patch_vectors_padded_to_a_width_only_add_zero_columns():
+    rng = np.random.default_rng(9)
+    stages = [rng.standard_normal((6, 8, 8)).astype(np.float32), rng.standard_normal((150, 4, 4)).astype(np.float32)]
+    plain, grid = patch_vectors(stages)
+    padded, padded_grid = patch_vectors(stages, width=160)
+    assert padded_grid == grid and plain.shape == (64, 156) and padded.shape == (64, 160)
+    np.testing.assert_array_equal(padded[:, :156], plain)
+    assert not padded[:, 156:].any()
+    memory = KnnMemory("patch", build_index(plain), None, 1)  # stored padded to 160, a multiple of 16
+    vectors, _ = memory.describe(stages)
+    np.testing.assert_array_equal(vectors, padded)
+
+
 def two_scale_memory(rng: np.random.Generator, fine_stages: list, coarse_stages: list) -> KnnMemory:
     """A memory of one image at two scales: the fine stages on their grid, the coarse one on its own."""
     fine_vectors, _ = patch_vectors(fine_stages)
