@@ -55,18 +55,12 @@ def _channel_groups(stage_map: np.ndarray) -> list[np.ndarray]:
     return [stage_map[start : start + OPENCV_MAX_CHANNELS] for start in range(0, len(stage_map), OPENCV_MAX_CHANNELS)]
 
 
-def local_average(stage_map: np.ndarray) -> np.ndarray:
-    """3x3 neighbourhood mean of a CxHxW map (edges repeated), so each patch sees a little context."""
-    averaged = [_box_filter(_channels_last(group)).transpose(2, 0, 1) for group in _channel_groups(stage_map)]
-    return np.concatenate(averaged)
-
-
 def _channels_last(stage_map: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(stage_map.transpose(1, 2, 0), dtype=np.float32)
 
 
 def _box_filter(channels_last: np.ndarray) -> np.ndarray:
-    """The 3x3 mean of an HxWxC map, edges repeated, as HxWxC."""
+    """The 3x3 mean of an HxWxC map, edges repeated, as HxWxC: each patch sees a little context."""
     return cv2.blur(channels_last, (3, 3), borderType=cv2.BORDER_REPLICATE).reshape(channels_last.shape)
 
 

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from edge_runtime.knn import KnnMemory, build_index, image_vector, join_scales, local_average, patch_vectors
+from edge_runtime.knn import KnnMemory, build_index, image_vector, join_scales, patch_vectors
 
 
 def test_hnsw_finds_true_nearest_neighbours():
@@ -37,14 +37,20 @@ def test_image_vector_pools_each_stage_to_16x16():
     assert image_vector(stages).shape == (1, (3 + 5) * 16 * 16)
 
 
-def test_local_average_is_the_3x3_mean_with_repeated_edges():
+def context_of(stage_map: np.ndarray) -> np.ndarray:
+    """The patch vectors of one stage with their 3x3 context, back as a CxHxW map."""
+    vectors, grid = patch_vectors([stage_map])
+    return vectors.reshape(*grid, len(stage_map)).transpose(2, 0, 1)
+
+
+def test_the_patch_context_is_the_3x3_mean_with_repeated_edges():
     # 300 channels: more than OpenCV filters in one call (the stride-32 stage alone has 192).
     stage_map = np.random.default_rng(4).standard_normal((300, 7, 9)).astype(np.float32)
     padded = np.pad(stage_map, ((0, 0), (1, 1), (1, 1)), mode="edge")
     expected = sum(padded[:, dy : dy + 7, dx : dx + 9] for dy in range(3) for dx in range(3)) / 9.0
-    np.testing.assert_allclose(local_average(stage_map), expected, atol=1e-5)
+    np.testing.assert_allclose(context_of(stage_map), expected, atol=1e-5)
     single = stage_map[:1]
-    np.testing.assert_allclose(local_average(single), expected[:1], atol=1e-5)
+    np.testing.assert_allclose(context_of(single), expected[:1], atol=1e-5)
 
 
 def test_search_threads_do_not_change_distances():
