@@ -147,7 +147,10 @@ class NetworkSpec(_Spec):
     xml: RelativePath
     weights: RelativePath
     precision: Literal["int8", "fp16", "fp32"]
-    auroc_drop: float | None = Field(None, description="measured image-AUROC drop of this precision vs fp32")
+    auroc_drop: float | None = Field(
+        None,
+        description="measured image-AUROC drop of this precision vs fp32; none for fp32 or a network no frame runs",
+    )
 
 
 class MemorySpec(_Spec):

@@ -4,7 +4,7 @@ maps -> normalised fused map -> score. Plain numpy around whatever runs the netw
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 
 import cv2
@@ -26,6 +26,12 @@ NETWORKS_OF_MAP = {
     "latent": ("encoder", "denoiser"),
     "feature": ("encoder", "denoiser", "decoder", "map_backbone"),
 }
+
+
+def networks_for(weights: Mapping[str, float]) -> list[str]:
+    """The networks a frame runs when the fusion weighs the maps so; a map of weight zero is not computed."""
+    used = [kind for kind, weight in weights.items() if weight > 0.0]
+    return sorted({"knn_backbone"}.union(*(NETWORKS_OF_MAP[kind] for kind in used)))
 
 
 class StageTimer:
@@ -84,9 +90,12 @@ class InspectionPipeline:
         timer: StageTimer | None = None,
         severity: Severity | None = None,
         kinds: Collection[str] = MAP_KINDS,
+        decode_healed: bool = False,
     ) -> RawMaps:
         """Unnormalised maps of the given kinds; pass `severity` when it is already known to skip the KNN search.
-        A kind left out is not computed at all (no decode and no map backbone without the feature map)."""
+        A kind left out is not computed at all (no decode and no map backbone without the feature map).
+        `decode_healed` decodes the healed latent for people to look at (a report's pictures) even where no map
+        needs the healed image; it draws no noise, so the maps are the same either way."""
         timer = timer or StageTimer()
         size = image.shape[1:]
         if severity is None:
@@ -106,9 +115,10 @@ class InspectionPipeline:
                 healed_latent = self.heal_latent(latent, timestep)
             if "latent" in kinds:
                 maps["latent"] = latent_map(latent, healed_latent, size)
-            if "feature" in kinds:
+            if "feature" in kinds or decode_healed:
                 with timer.stage("decode"):
                     healed_image = self.networks.decode(healed_latent)
+            if "feature" in kinds:
                 with timer.stage("feature_maps"):
                     maps["feature"] = feature_map(
                         self.networks.map_features(image), self.networks.map_features(healed_image), size
@@ -132,17 +142,19 @@ class InspectionPipeline:
 
     def used_networks(self, calibration: Calibration) -> list[str]:
         """The networks a frame runs with this calibration's fusion weights."""
-        names = {"knn_backbone"}.union(*(NETWORKS_OF_MAP[kind] for kind in self.used_maps(calibration)))
-        return sorted(names)
+        return networks_for(self.fused_weights(calibration))
 
     def anomaly_map(self, raw: RawMaps, calibration: Calibration) -> np.ndarray:
         weights = self.fused_weights(calibration)
         return fuse_maps(raw.maps, calibration.map_stats, weights, self.settings.blur_sigma, self.settings.fusion)
 
-    def inspect(self, image: np.ndarray, calibration: Calibration) -> InspectionResult:
+    def inspect(self, image: np.ndarray, calibration: Calibration, decode_healed: bool = False) -> InspectionResult:
+        """The verdict, map and regions of one image; `decode_healed` as in `raw_maps`."""
         timer = StageTimer()
         start = time.perf_counter()
-        raw = self.raw_maps(image, calibration.bins, timer, kinds=self.used_maps(calibration))
+        raw = self.raw_maps(
+            image, calibration.bins, timer, kinds=self.used_maps(calibration), decode_healed=decode_healed
+        )
         with timer.stage("fuse"):
             combined = self.anomaly_map(raw, calibration)
             score = image_score(combined, self.settings.score_top_fraction)

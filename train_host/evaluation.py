@@ -17,7 +17,7 @@ from edge_runtime.pipeline import InspectionPipeline
 from edge_runtime.preprocess import to_uint8_image
 from edge_runtime.results import InspectionResult
 from train_host import metrics
-from train_host.calibrate import fit_calibration, synthetic_recall
+from train_host.calibrate import expected_false_alarm_rate, fit_calibration, synthetic_recall
 from train_host.config import ConfigError, DataConfig, TrainConfig, parse_config
 from train_host.dataset import (
     GOOD,
@@ -78,6 +78,7 @@ class EvaluationReport:
     pictures: list[SamplePicture] = field(default_factory=list)
     # Recall the stored threshold gives on synthetic defects pasted on held-out goods (None: not measured).
     expected_recall: float | None = None
+    expected_false_alarm_rate: float | None = None  # on new good parts, from the held-out goods' count
 
     def to_dict(self) -> dict:
         return {
@@ -88,6 +89,7 @@ class EvaluationReport:
             "mean_inspection_ms": self.mean_inspection_ms,
             "types_without_masks": self.types_without_masks,
             "expected_recall": self.expected_recall,
+            "expected_false_alarm_rate": self.expected_false_alarm_rate,
             "overall": asdict(self.overall),
             "per_type": [asdict(m) for m in self.per_type],
         }
@@ -183,6 +185,9 @@ def evaluate(
     )
     report = inspect_test_set(pipeline, calibration, samples, config.data, str(run_dir), tag, overrides)
     report.expected_recall = synthetic_recall(pipeline, calibration, run.holdout_images(), config.seed)
+    report.expected_false_alarm_rate = expected_false_alarm_rate(
+        len(run.holdout), config.calibration.image_false_alarm_rate
+    )
     return report
 
 
@@ -202,12 +207,13 @@ def inspect_test_set(
     pictured: dict[str, int] = {}
     for sample in progress(samples, f"evaluate {tag}"):
         image, mask = load_test_item(sample, data.image_size, data.color)
-        result = pipeline.inspect(image, calibration)
+        shown = pictured.get(sample.defect_type, 0) < PICTURES_PER_TYPE
+        result = pipeline.inspect(image, calibration, decode_healed=shown)
         scores.append(result.score)
         maps.append(result.anomaly_map.astype(np.float32))
         masks.append(np.zeros(data.image_size, dtype=bool) if mask is None else mask)
         milliseconds.append(result.timings_ms["total"])
-        if pictured.get(sample.defect_type, 0) < PICTURES_PER_TYPE:
+        if shown:
             pictured[sample.defect_type] = pictured.get(sample.defect_type, 0) + 1
             pictures.append(sample_picture(sample, image, mask, result, calibration.pixel_threshold))
     score_array, map_array, mask_array = np.array(scores), np.stack(maps), np.stack(masks)

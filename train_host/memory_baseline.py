@@ -11,7 +11,7 @@ import torch
 
 from edge_runtime.pipeline import InspectionPipeline
 from train_host.backbone import Backbone, knn_backbone
-from train_host.calibrate import fit_calibration, synthetic_recall
+from train_host.calibrate import expected_false_alarm_rate, fit_calibration, synthetic_recall
 from train_host.config import TrainConfig
 from train_host.dataset import list_test_samples, load_image, split_holdout, spread_subset, train_images
 from train_host.evaluation import EvaluationReport, inspect_test_set, select_samples
@@ -68,4 +68,7 @@ def evaluate_memory_only(config: TrainConfig, tag: str = "memory_only") -> Evalu
     samples = select_samples(list_test_samples(data.root), data.max_test_images_per_type, config.seed)
     report = inspect_test_set(pipeline, calibration, samples, data, str(data.root), tag)
     report.expected_recall = synthetic_recall(pipeline, calibration, holdout, config.seed)
+    report.expected_false_alarm_rate = expected_false_alarm_rate(
+        len(holdout), config.calibration.image_false_alarm_rate
+    )
     return report

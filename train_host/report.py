@@ -120,6 +120,15 @@ def write_report(report: EvaluationReport, folder: Path) -> Path:
             if report.expected_recall is not None
             else []
         ),
+        *(
+            [
+                f"Expected false-alarm rate at that threshold on new good parts, from the number of held-out goods "
+                f"that set it: {report.expected_false_alarm_rate:.1%} (measured on the test set: "
+                f"{report.overall.false_alarm_rate:.1%})."
+            ]
+            if report.expected_false_alarm_rate is not None
+            else []
+        ),
         "",
         metrics_table(report),
         "",

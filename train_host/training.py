@@ -15,7 +15,7 @@ import numpy as np
 from edge_runtime.sampler import ConditionedDDIMSampler
 from train_host.adaptation import adapt_backbone
 from train_host.backbone import knn_backbone, loss_backbone, map_backbone
-from train_host.calibrate import fit_calibration
+from train_host.calibrate import expected_false_alarm_rate, fit_calibration
 from train_host.config import ConfigError, TrainConfig, config_to_yaml
 from train_host.dataset import load_image, split_holdout, spread_subset, train_images
 from train_host.fit_autoencoder import crop_shape, train_autoencoder
@@ -135,8 +135,14 @@ def train(config: TrainConfig, out: Path) -> RunPaths:
 
     def calibrate() -> None:
         pipeline = build_pipeline(load_run(paths.root, require_calibration=False), config.inspection, device)
-        calibration = fit_calibration(pipeline, holdout_images(), config.calibration, config.seed)
+        held_out = holdout_images()
+        calibration = fit_calibration(pipeline, held_out, config.calibration, config.seed)
         paths.calibration.write_text(json.dumps(calibration.to_dict(), indent=2))
+        rate = config.calibration.image_false_alarm_rate
+        print(
+            f"image threshold {calibration.image_threshold:.4f}: reached by {rate:.1%} of {len(held_out)} held-out "
+            f"good images, by about {expected_false_alarm_rate(len(held_out), rate):.1%} of new good parts"
+        )
 
     log.run("calibration", paths.calibration.is_file(), calibrate)
     log.entries["total_seconds"] = round(time.perf_counter() - started, 1)

@@ -117,6 +117,19 @@ def test_result_is_typed_and_timed(slot):
     assert latency.p50_ms > 0 and fps > 0 and "denoise" in stages
 
 
+def test_the_healed_image_is_decoded_on_request_without_changing_the_verdict(slot):
+    """A report shows the healed image even where no map needs it decoded; asking for it changes nothing else."""
+    inspector = Inspector.from_slot(slot)
+    inspector.calibration = replace(inspector.calibration, map_weights={"latent": 1.0, "feature": 0.0, "knn": 1.0})
+    image = inspector.prepare((np.random.default_rng(7).random((64, 64)) * 255).astype(np.uint8))
+    plain = inspector.pipeline.inspect(image, inspector.calibration)
+    shown = inspector.pipeline.inspect(image, inspector.calibration, decode_healed=True)
+    assert plain.healed_image is None and shown.healed_image is not None
+    assert shown.healed_image.shape == image.shape and np.abs(shown.healed_image).max() <= 1.0
+    assert shown.score == plain.score
+    np.testing.assert_array_equal(shown.anomaly_map, plain.anomaly_map)
+
+
 def test_zero_weighted_maps_are_not_computed(slot):
     """A map the fusion weighs zero costs nothing: without the feature map there is no decode and no map
     backbone, and the fused map is the same as computing everything and weighing it zero."""

@@ -1,6 +1,7 @@
 """The precision gate on the tiny run: its gate set, its three figures, its decisions, its record."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,28 @@ def test_gate_decisions_follow_the_allowances(variants, gate):
         assert chosen[name] == first_accepted(body["trials"], name)
     # The same mix measures the same: the gate is steady from one trial to the next.
     assert strict.baseline == loose.baseline
+
+
+def test_networks_no_frame_runs_stay_in_fp16_unjudged(variants, tiny_run):
+    """Without the feature map no frame runs the decoder or the map backbone: INT8 would pass the gate unjudged, so
+    they stay in FP16 and the gate spends no trial on them."""
+    run = load_run(tiny_run)
+    run.calibration = replace(run.calibration, map_weights={"latent": 1.0, "feature": 0.0, "knn": 1.0})
+    holdout = run.holdout_images()
+    gate = GateEvaluator(run, holdout, build_gate_set(holdout, run.config.data, 1, run.config.seed))
+    assert gate.frame_networks() == ["denoiser", "encoder", "knn_backbone"]
+    log = GateLog()
+    chosen, drops = choose_precisions(variants, gate, Allowances(1.0, 1.0, 1.0), log)
+    assert chosen == {
+        "knn_backbone": "int8",
+        "encoder": "int8",
+        "denoiser": "int8",
+        "map_backbone": "fp16",
+        "decoder": "fp16",
+    }
+    assert drops["map_backbone"] is drops["decoder"] is None and drops["denoiser"] is not None
+    assert [t.network for t in log.trials] == ["knn_backbone", "encoder", "denoiser"]
+    assert log.to_dict()["not_judged_off_frame"] == ["map_backbone", "decoder"]
 
 
 def test_gate_set_of_a_set_without_masks(tiny_run, tiny_dataset, without_masks, tmp_path):

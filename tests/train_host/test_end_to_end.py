@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from train_host.calibrate import expected_false_alarm_rate
 from train_host.config import ConfigError
 from train_host.evaluation import evaluate
 from train_host.report import write_report
@@ -31,9 +32,21 @@ def test_evaluation_is_finite_and_well_formed(tiny_run, tmp_path):
     page = write_report(report, tmp_path / "eval")
     text = page.read_text()
     assert "image AUROC" in text and (tmp_path / "eval" / "roc.png").stat().st_size > 1000
+    held_out = len(load_run(tiny_run).holdout)
+    assert report.expected_false_alarm_rate == expected_false_alarm_rate(held_out, 0.02) > 0.02
+    assert (
+        f"on new good parts, from the number of held-out goods that set it: {report.expected_false_alarm_rate:.1%}"
+        in text
+    )
     assert len(list((tmp_path / "eval" / "samples").glob("*.png"))) == 6
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["overall"]["image_auroc"] == pytest.approx(report.overall.image_auroc)
+
+
+def test_report_pictures_show_the_healed_image_where_no_map_decodes_it(tiny_run):
+    report = evaluate(tiny_run, ["inspection.map_weights.feature=0"], "latent")
+    assert report.pictures
+    assert all(p.healed_image is not None and p.healed_image.shape == p.input_image.shape for p in report.pictures)
 
 
 def test_ablation_overrides_recalibrate(tiny_run):
