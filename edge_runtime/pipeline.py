@@ -28,10 +28,14 @@ NETWORKS_OF_MAP = {
 }
 
 
+def weighed_maps(weights: Mapping[str, float]) -> list[str]:
+    """The maps the fusion weighs; a map of weight zero is not computed at all."""
+    return [kind for kind, weight in weights.items() if weight > 0.0]
+
+
 def networks_for(weights: Mapping[str, float]) -> list[str]:
-    """The networks a frame runs when the fusion weighs the maps so; a map of weight zero is not computed."""
-    used = [kind for kind, weight in weights.items() if weight > 0.0]
-    return sorted({"knn_backbone"}.union(*(NETWORKS_OF_MAP[kind] for kind in used)))
+    """The networks a frame runs when the fusion weighs the maps so."""
+    return sorted({"knn_backbone"}.union(*(NETWORKS_OF_MAP[kind] for kind in weighed_maps(weights))))
 
 
 class StageTimer:
@@ -137,8 +141,8 @@ class InspectionPipeline:
         return calibration.map_weights or self.settings.map_weights.as_dict()
 
     def used_maps(self, calibration: Calibration) -> list[str]:
-        """The maps the fusion weighs; a map of weight zero is not computed at all."""
-        return [kind for kind, weight in self.fused_weights(calibration).items() if weight > 0.0]
+        """The maps this calibration's fusion weighs."""
+        return weighed_maps(self.fused_weights(calibration))
 
     def used_networks(self, calibration: Calibration) -> list[str]:
         """The networks a frame runs with this calibration's fusion weights."""

@@ -103,10 +103,9 @@ def test_bundle_records_precisions_and_gate(bundle):
     assert set(manifest.networks) == set(NETWORK_NAMES)
     for spec in manifest.networks.values():
         assert spec.precision in ("int8", "fp16", "fp32")
+        assert (spec.auroc_drop is None) == (spec.precision == "fp32")
     report = json.loads(out.with_suffix(".export.json").read_text())
     assert report["not_judged_off_frame"] == []  # the tiny model fuses the feature map: every network runs
-    for spec in manifest.networks.values():
-        assert (spec.auroc_drop is None) == (spec.precision == "fp32")
     assert 0.0 <= report["gate_baseline_auroc"] <= 1.0 and report["trials"]
     assert manifest.input.height == 64 and manifest.input.color == "gray"
     assert len(manifest.references) == 3 and manifest.files
