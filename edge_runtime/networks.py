@@ -1,5 +1,6 @@
 """What the inspection pipeline needs from the neural networks, whatever runs them (torch on a host,
-OpenVINO on a device). Images are CxHxW float32 in [-1, 1]; latents are 4 x H/8 x W/8 float32."""
+OpenVINO on a device). Images are CxHxW float32 in [-1, 1]; latents are L x H/8 x W/8 float32 (L
+latent channels, set by the bundle's networks)."""
 
 from __future__ import annotations
 

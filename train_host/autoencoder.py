@@ -1,4 +1,5 @@
-"""The latent autoencoder: image (C x H x W) <-> latent (4 x H/8 x W/8), trained on good images."""
+"""The latent autoencoder: image (C x H x W) <-> latent (`latent_channels` x H/8 x W/8), trained on good
+images."""
 
 from __future__ import annotations
 
