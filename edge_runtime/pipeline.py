@@ -33,6 +33,11 @@ def weighed_maps(weights: Mapping[str, float]) -> list[str]:
     return [kind for kind, weight in weights.items() if weight > 0.0]
 
 
+def weights_in_force(chosen: dict[str, float] | None, settings: InspectionSettings) -> dict[str, float]:
+    """The fusion weights frames use: those calibration chose on synthetic defects, else the configured ones."""
+    return chosen or settings.map_weights.as_dict()
+
+
 def networks_for(weights: Mapping[str, float]) -> list[str]:
     """The networks a frame runs when the fusion weighs the maps so."""
     return sorted({"knn_backbone"}.union(*(NETWORKS_OF_MAP[kind] for kind in weighed_maps(weights))))
@@ -138,7 +143,7 @@ class InspectionPipeline:
         )
 
     def fused_weights(self, calibration: Calibration) -> dict[str, float]:
-        return calibration.map_weights or self.settings.map_weights.as_dict()
+        return weights_in_force(calibration.map_weights, self.settings)
 
     def used_maps(self, calibration: Calibration) -> list[str]:
         """The maps this calibration's fusion weighs."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from edge_runtime.calibration import Calibration
 from edge_runtime.openvino_networks import NETWORK_NAMES, OpenVinoNetworks
-from edge_runtime.pipeline import InspectionPipeline, networks_for
+from edge_runtime.pipeline import InspectionPipeline, networks_for, weights_in_force
 from train_host import metrics
 from train_host.calibrate import fit_calibration
 from train_host.config import DataConfig
@@ -239,7 +239,7 @@ class GateEvaluator:
 
     def frame_networks(self) -> list[str]:
         """The networks every frame of the bundle runs: the only ones whose precision the gate's figures judge."""
-        return networks_for(self.chosen_weights or self.run.config.inspection.map_weights.as_dict())
+        return networks_for(weights_in_force(self.chosen_weights, self.run.config.inspection))
 
     def calibrate(self, pipeline: InspectionPipeline) -> Calibration:
         # The chosen fusion weights stay: the gate judges precision, not fusion.
