@@ -6,7 +6,7 @@ import numpy as np
 
 from edge_runtime.anomaly_map import MapStats, image_scores
 from edge_runtime.calibration import Calibration
-from edge_runtime.pipeline import InspectionPipeline, weights_in_force
+from edge_runtime.pipeline import InspectionPipeline, weighed_maps, weights_in_force
 from edge_runtime.severity import SeverityBins
 from train_host.config import CalibrationConfig
 from train_host.fusion_weights import choose_map_weights
@@ -34,7 +34,7 @@ def fit_calibration(
         for kind in raws[0].maps
     }
     weights = weights_in_force(fixed_weights, pipeline.settings)
-    if fixed_weights is None and config.choose_map_weights and sum(w > 0 for w in weights.values()) > 1:
+    if fixed_weights is None and config.choose_map_weights and len(weighed_maps(weights)) > 1:
         defective, masks = make_synthetic_defects(images, seed)
         synthetic = [pipeline.raw_maps(image, bins) for image in progress(defective, "calibration: synthetic maps")]
         settings = pipeline.settings

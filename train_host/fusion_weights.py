@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from edge_runtime.anomaly_map import FusionRule, MapStats, fuse_maps, image_scores
+from edge_runtime.pipeline import weighed_maps
 from edge_runtime.results import RawMaps
 from train_host import metrics
 from train_host.paired_bootstrap import (
@@ -25,7 +26,7 @@ PIXEL_SAMPLE = 200_000  # pixels scored per candidate: enough for a steady AUROC
 
 def candidate_weights(configured: dict[str, float]) -> list[dict[str, float]]:
     """The configured weights first, then every product of multipliers over the maps in use."""
-    used = [kind for kind, weight in configured.items() if weight > 0]
+    used = weighed_maps(configured)
     candidates = [dict(configured)]
     for factors in itertools.product(MULTIPLIERS, repeat=len(used)):
         if not any(factors):
