@@ -42,20 +42,24 @@ def greedy_coreset(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
     count = len(vectors)
     if size >= count:
         return np.arange(count)
-    data = torch.from_numpy(vectors)
-    squared_norms = (data * data).sum(dim=1)
+    # numpy's BLAS matrix-vector product: torch.mv over the same row-major pool ran 3-4x slower on a 2-core EPYC
+    # (12.7 against 3.4 ms per pick for 163,000 x 128), and the picks are one product each.
+    data = np.ascontiguousarray(vectors, dtype=np.float32)
+    squared_norms = np.einsum("ij,ij->i", data, data)
     first = int(np.random.default_rng(seed).integers(count))
     selected = [first]
     # Squared distance via |a|^2 - 2 a.b + |b|^2: one matrix-vector product per pick, into reused buffers (a fresh
-    # pool-sized tensor per pick made the selection several times slower, most of it spent allocating).
-    nearest = squared_norms - 2 * data @ data[first] + squared_norms[first]
-    to_pick = torch.empty_like(nearest)
+    # pool-sized array per pick made the selection several times slower, most of it spent allocating).
+    nearest = squared_norms - 2 * (data @ data[first]) + squared_norms[first]
+    to_pick = np.empty_like(nearest)
     for _ in progress(range(size - 1), "coreset"):
-        pick = int(torch.argmax(nearest))
+        pick = int(np.argmax(nearest))
         selected.append(pick)
-        torch.mv(data, data[pick], out=to_pick)
-        to_pick.mul_(-2).add_(squared_norms).add_(squared_norms[pick])
-        torch.minimum(nearest, to_pick, out=nearest)
+        np.dot(data, data[pick], out=to_pick)
+        to_pick *= -2.0
+        to_pick += squared_norms
+        to_pick += squared_norms[pick]
+        np.minimum(nearest, to_pick, out=nearest)
     return np.asarray(selected)
 
 

@@ -26,6 +26,18 @@ def test_coreset_in_projected_space_still_covers_far_clusters() -> None:
     assert sorted(set(picked // 200)) == [0, 1, 2, 3, 4]
 
 
+def test_coreset_picks_each_time_the_vector_farthest_from_those_picked() -> None:
+    from sklearn.metrics import pairwise_distances
+
+    vectors = np.random.default_rng(2).standard_normal((300, 24)).astype(np.float32)
+    picked = greedy_coreset(vectors, 12, seed=3)
+    distances = pairwise_distances(vectors.astype(np.float64))
+    for step in range(1, len(picked)):
+        farthest = int(np.argmax(distances[:, picked[:step]].min(axis=1)))
+        assert picked[step] == farthest
+    assert len(set(picked)) == len(picked)
+
+
 def test_memory_keeps_full_width_vectors(tiny_run) -> None:
     from train_host.run_store import load_run
 
